@@ -1,0 +1,22 @@
+//! The logferry agent core, shared by the Fluent Bit plugin and `logferry send`.
+//!
+//! - [`config`]: the agent's settings, parsed from Fluent Bit-style properties.
+//! - [`Agent`]: owns the spool and a sender runtime. `flush` only touches the local
+//!   spool; the sender streams spooled chunks to the backend in batches.
+//! - [`batch`]: whole chunks into a compressed `Batch` message.
+//! - [`transport`]: the gRPC channel over rustls, with our own certificate handling.
+//! - [`sender`]: the stream loop: hello/welcome, a window of in-flight batches, acks,
+//!   timeouts, jittered exponential backoff.
+
+pub mod batch;
+pub mod config;
+mod agent;
+mod backoff;
+mod error;
+pub mod sender;
+pub mod transport;
+
+pub use agent::{Agent, AgentHooks, AgentStats, FlushOutcome, ShutdownReport};
+pub use config::{AgentConfig, ConfigError, PROPERTIES, Property};
+pub use error::{Error, Result};
+pub use logferry_spool as spool;

@@ -1,0 +1,10 @@
+//! The gRPC ingest path: authenticate, deduplicate by (tenant, agent, seq), append
+//! durably to the buffer, then ack.
+
+mod auth;
+mod marks;
+mod service;
+
+pub use auth::{Authenticator, status_for};
+pub use marks::{AgentKey, Marks};
+pub use service::{IngestService, MAX_RAW_BATCH_BYTES};

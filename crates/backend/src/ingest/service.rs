@@ -1,0 +1,241 @@
+//! The `Ingest` gRPC service.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use logferry_buffer::{EmbeddedLog, RecordMeta};
+use logferry_proto::v1::ingest_server::Ingest;
+use logferry_proto::v1::{
+    Ack, AgentConfig, AgentMessage, Batch, Compression, GetConfigRequest, ServerMessage, Welcome,
+    agent_message, server_message,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{debug, info, warn};
+
+use super::auth::Authenticator;
+use super::marks::{AgentMark, Marks};
+use crate::tenants::Principal;
+
+/// How long a new stream may take to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest decompressed batch we accept (the agent caps batches at 48 MiB).
+pub const MAX_RAW_BATCH_BYTES: u64 = 256 << 20;
+
+#[derive(Debug, Clone)]
+pub struct IngestService {
+    pub auth: Authenticator,
+    pub log: Arc<EmbeddedLog>,
+    pub marks: Arc<Marks>,
+    /// Set when the backend shuts down: open streams end with UNAVAILABLE.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+fn invalid(message: String) -> Status {
+    Status::invalid_argument(message)
+}
+
+/// Checks the parts of a batch the ingest path can check without opening it.
+fn validate(batch: &Batch) -> Result<(), Status> {
+    if batch.first_seq == 0 || batch.last_seq < batch.first_seq {
+        return Err(invalid(format!(
+            "batch seq range [{}, {}] is not valid: seqs start at 1 and ranges ascend",
+            batch.first_seq, batch.last_seq
+        )));
+    }
+    let span = batch.last_seq - batch.first_seq + 1;
+    if u64::from(batch.chunk_count) != span {
+        return Err(invalid(format!(
+            "batch [{}, {}] claims {} chunks but spans {span}",
+            batch.first_seq, batch.last_seq, batch.chunk_count
+        )));
+    }
+    if Compression::try_from(batch.compression).is_err() {
+        return Err(invalid(format!("unknown compression {}", batch.compression)));
+    }
+    if batch.raw_bytes > MAX_RAW_BATCH_BYTES {
+        return Err(invalid(format!(
+            "batch of {} raw bytes is over the {MAX_RAW_BATCH_BYTES} byte limit",
+            batch.raw_bytes
+        )));
+    }
+    if batch.payload.is_empty() {
+        return Err(invalid("batch payload is empty".into()));
+    }
+    Ok(())
+}
+
+fn buffer_status(error: &logferry_buffer::Error) -> Status {
+    match error {
+        logferry_buffer::Error::Full { .. } => {
+            let mut status = Status::resource_exhausted(format!(
+                "the backend's buffer is full ({error}); a destination is probably lagging"
+            ));
+            status.metadata_mut().insert("retry-after-ms", tonic::metadata::MetadataValue::from(2000u32));
+            status
+        }
+        logferry_buffer::Error::TooLarge { .. } => Status::invalid_argument(error.to_string()),
+        _ => Status::unavailable(format!("the backend cannot store the batch: {error}")),
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl IngestService {
+    /// Stores one batch unless the mark shows it is stored already. Returns the ack.
+    async fn store(
+        &self,
+        principal: &Principal,
+        agent_id: [u8; 16],
+        mark: &AgentMark,
+        batch: Batch,
+    ) -> Result<Ack, Status> {
+        validate(&batch)?;
+        let _serial = mark.lock.lock().await;
+        let stored = mark.stored.load(Ordering::Acquire);
+        if batch.last_seq <= stored {
+            debug!(first = batch.first_seq, last = batch.last_seq, "duplicate batch acked again");
+            return Ok(Ack { last_seq: batch.last_seq, duplicate: true });
+        }
+        if batch.first_seq > stored + 1 {
+            warn!(
+                tenant = %principal.tenant,
+                agent = %hex::encode(agent_id),
+                "gap: seqs {}..{} never arrived (the agent's spool lost them)",
+                stored + 1,
+                batch.first_seq - 1
+            );
+        }
+        let meta = RecordMeta {
+            tenant: principal.tenant.clone(),
+            access_key: principal.access_key.clone(),
+            agent_id,
+            first_seq: batch.first_seq,
+            last_seq: batch.last_seq,
+            key_id: batch.key_id,
+            compression: batch.compression as u8,
+            chunk_count: batch.chunk_count,
+            raw_bytes: batch.raw_bytes,
+            received_unix_ms: now_ms(),
+        };
+        let log = self.log.clone();
+        let payload = batch.payload;
+        tokio::task::spawn_blocking(move || log.append(&meta, &payload))
+            .await
+            .map_err(|e| Status::internal(format!("buffer append task failed: {e}")))?
+            .map_err(|e| {
+                warn!("cannot store a batch: {e}");
+                buffer_status(&e)
+            })?;
+        mark.stored.store(batch.last_seq, Ordering::Release);
+        Ok(Ack { last_seq: batch.last_seq, duplicate: false })
+    }
+
+    async fn run_stream(
+        self,
+        principal: Principal,
+        mut inbound: Streaming<AgentMessage>,
+        tx: mpsc::Sender<Result<ServerMessage, Status>>,
+    ) {
+        let result = self.serve_stream(&principal, &mut inbound, &tx).await;
+        if let Err(status) = result {
+            let _ = tx.send(Err(status)).await;
+        }
+    }
+
+    async fn serve_stream(
+        &self,
+        principal: &Principal,
+        inbound: &mut Streaming<AgentMessage>,
+        tx: &mpsc::Sender<Result<ServerMessage, Status>>,
+    ) -> Result<(), Status> {
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Err(_) => return Err(invalid("no hello within 10s".into())),
+            Ok(message) => match message?.and_then(|m| m.msg) {
+                Some(agent_message::Msg::Hello(hello)) => hello,
+                _ => return Err(invalid("the first message of a stream must be a hello".into())),
+            },
+        };
+        let agent_id: [u8; 16] = hello.agent_id.as_slice().try_into().map_err(|_| {
+            invalid(format!("agent id must be 16 bytes, got {}", hello.agent_id.len()))
+        })?;
+        let agent = hex::encode(agent_id);
+        let mark = self.marks.agent((principal.tenant.clone(), agent_id));
+        let stored_seq = mark.stored.load(Ordering::Acquire);
+        info!(
+            tenant = %principal.tenant,
+            access_key = %principal.access_key,
+            agent = %agent,
+            version = %hello.agent_version,
+            "agent connected; stored seq {stored_seq}, agent acked {}",
+            hello.acked_seq
+        );
+        let welcome = Welcome { stored_seq, tenant: principal.tenant.clone() };
+        send(tx, server_message::Msg::Welcome(welcome)).await?;
+
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            let message = tokio::select! {
+                message = inbound.message() => message?,
+                _ = shutdown.wait_for(|down| *down) => {
+                    return Err(Status::unavailable("the backend is shutting down; reconnect shortly"));
+                }
+            };
+            let Some(message) = message else {
+                debug!(agent = %agent, "agent closed its stream");
+                return Ok(());
+            };
+            match message.msg {
+                Some(agent_message::Msg::Batch(batch)) => {
+                    let ack = self.store(principal, agent_id, &mark, batch).await?;
+                    send(tx, server_message::Msg::Ack(ack)).await?;
+                }
+                Some(agent_message::Msg::Hello(_)) => {
+                    return Err(invalid("a stream says hello only once".into()));
+                }
+                None => return Err(invalid("empty message".into())),
+            }
+        }
+    }
+}
+
+async fn send(
+    tx: &mpsc::Sender<Result<ServerMessage, Status>>,
+    msg: server_message::Msg,
+) -> Result<(), Status> {
+    tx.send(Ok(ServerMessage { msg: Some(msg) }))
+        .await
+        .map_err(|_| Status::cancelled("the agent went away"))
+}
+
+#[tonic::async_trait]
+impl Ingest for IngestService {
+    type StreamStream = ReceiverStream<Result<ServerMessage, Status>>;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        if *self.shutdown.borrow() {
+            return Err(Status::unavailable("the backend is shutting down; reconnect shortly"));
+        }
+        let principal = self.auth.authenticate(request.metadata())?;
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(self.clone().run_stream(principal, inbound, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn get_config(
+        &self,
+        request: Request<GetConfigRequest>,
+    ) -> Result<Response<AgentConfig>, Status> {
+        let principal = self.auth.authenticate(request.metadata())?;
+        let store = self.auth.tenants.read().unwrap_or_else(|e| e.into_inner()).clone();
+        Ok(Response::new(store.agent_config(&principal.tenant)))
+    }
+}

@@ -1,0 +1,21 @@
+//! The logferry backend, behind the `logferry` binary.
+//!
+//! - [`tenants`]: the tenant registry (YAML), access keys and agent settings.
+//! - [`auth`]: Ed25519-signed JWTs bound to access keys.
+//! - [`pki`]: the development CA and server certificate, and server TLS.
+//! - [`ingest`]: the gRPC `Ingest` service: authentication, dedup marks, durable append.
+//! - [`router`]: one cursor per destination over the buffer; decodes chunks and
+//!   delivers records exactly once through [`sinks`].
+//! - [`serve`]: wires it all together for `logferry serve`.
+//! - [`send`]: `logferry send`, a one-shot shipper on the agent core.
+//! - [`fsutil`]: atomic file replacement and directory fsync.
+
+pub mod auth;
+pub mod fsutil;
+pub mod ingest;
+pub mod pki;
+pub mod router;
+pub mod send;
+pub mod serve;
+pub mod sinks;
+pub mod tenants;

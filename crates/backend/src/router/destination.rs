@@ -1,0 +1,292 @@
+//! One destination: read from its cursor, open batches, decode chunks, write to the
+//! sink, dead-letter what cannot be delivered, checkpoint.
+//!
+//! A step is all-or-nothing: records go to the sink and dead-letter files, both are
+//! made durable, then the checkpoint is replaced. A crash or an error anywhere in
+//! between is undone by `recover` (truncate to the checkpoint) and the step runs
+//! again, so each record reaches the sink exactly once. Chunks whose seq is at or
+//! below the agent's mark were delivered already and are skipped; that also covers
+//! a batch the ingest tier stored twice.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use logferry_agent::batch;
+use logferry_buffer::{EmbeddedLog, Record};
+use logferry_proto::v1::Compression;
+use serde_json::json;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use super::checkpoint::Checkpoint;
+use super::decode::{Origin, decode_chunk, render, rfc3339};
+use crate::ingest::MAX_RAW_BATCH_BYTES;
+use crate::sinks::{FileSet, Sink};
+
+/// How much buffer payload one step reads.
+const STEP_BYTES: usize = 16 << 20;
+
+/// Counters of one destination.
+#[derive(Debug, Default)]
+pub struct DestinationStats {
+    pub records: AtomicU64,
+    pub dead_letters: AtomicU64,
+    pub duplicates_skipped: AtomicU64,
+}
+
+/// See the module docs.
+pub struct Destination {
+    name: String,
+    sink: Box<dyn Sink>,
+    dead: FileSet,
+    checkpoint_path: PathBuf,
+    checkpoint: Checkpoint,
+    lines: Vec<u8>,
+    pub stats: Arc<DestinationStats>,
+}
+
+impl std::fmt::Debug for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Destination").field("name", &self.name).finish()
+    }
+}
+
+fn now() -> String {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    rfc3339(t.as_secs() as i64, t.subsec_nanos())
+}
+
+impl Destination {
+    /// Opens a destination: loads its checkpoint and truncates the sink and the
+    /// dead-letter store back to it.
+    pub fn open(name: &str, sink: Box<dyn Sink>, data_dir: &Path) -> Result<Self> {
+        let checkpoint_path = data_dir.join("router").join(format!("{name}.checkpoint.json"));
+        let checkpoint = Checkpoint::load(&checkpoint_path)?;
+        let dead = FileSet::new(data_dir.join("dead-letter").join(name), ".jsonl");
+        let mut destination = Self {
+            name: name.to_string(),
+            sink,
+            dead,
+            checkpoint_path,
+            checkpoint,
+            lines: Vec::new(),
+            stats: Arc::default(),
+        };
+        destination.recover().with_context(|| format!("recovering destination `{name}`"))?;
+        info!(
+            destination = name,
+            kind = destination.sink.kind(),
+            "resuming at buffer offset {}",
+            destination.checkpoint.next_offset
+        );
+        Ok(destination)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn next_offset(&self) -> u64 {
+        self.checkpoint.next_offset
+    }
+
+    fn recover(&mut self) -> Result<()> {
+        self.sink.recover(&self.checkpoint.sink)?;
+        self.dead.recover(&self.checkpoint.dead_letter)
+    }
+
+    /// Delivers the next records; returns how many buffer records it consumed.
+    pub fn step(&mut self, log: &EmbeddedLog) -> Result<usize> {
+        let records = match log.read(self.checkpoint.next_offset, STEP_BYTES) {
+            Ok(records) => records,
+            Err(logferry_buffer::Error::Truncated { requested, oldest }) => {
+                error!(
+                    destination = %self.name,
+                    "buffer records {requested}..{oldest} are gone before this destination got \
+                     them; resuming at {oldest}"
+                );
+                self.checkpoint.next_offset = oldest;
+                return Ok(0);
+            }
+            Err(e) => return Err(e).context("reading the buffer"),
+        };
+        let Some(last) = records.last().map(|r| r.offset) else { return Ok(0) };
+        let mut marks = self.checkpoint.marks.clone();
+        let result = (|| -> Result<Checkpoint> {
+            for record in &records {
+                self.deliver(record, &mut marks)?;
+            }
+            Ok(Checkpoint {
+                version: Checkpoint::VERSION,
+                next_offset: last + 1,
+                marks,
+                sink: self.sink.commit().context("committing the sink")?,
+                dead_letter: self.dead.commit().context("committing dead letters")?,
+            })
+        })();
+        match result.and_then(|c| c.store(&self.checkpoint_path).map(|()| c)) {
+            Ok(checkpoint) => {
+                self.checkpoint = checkpoint;
+                Ok(records.len())
+            }
+            Err(e) => {
+                if let Err(undo) = self.recover() {
+                    error!(destination = %self.name, "cannot undo a failed step: {undo:#}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn dead_letter(&mut self, entry: serde_json::Value) -> Result<()> {
+        let mut line = serde_json::to_vec(&entry)?;
+        line.push(b'\n');
+        self.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+        self.dead.append(Path::new("dead-letter.jsonl"), &line)
+    }
+
+    fn deliver(&mut self, record: &Record, marks: &mut BTreeMap<String, u64>) -> Result<()> {
+        let meta = &record.meta;
+        let agent = hex::encode(meta.agent_id);
+        let mark_key = format!("{}/{agent}", meta.tenant);
+        let mark = marks.get(&mark_key).copied().unwrap_or(0);
+        if meta.last_seq <= mark {
+            self.stats.duplicates_skipped.fetch_add(u64::from(meta.chunk_count), Ordering::Relaxed);
+            return Ok(());
+        }
+        let base = json!({
+            "time": now(),
+            "destination": self.name,
+            "tenant": meta.tenant,
+            "access_key": meta.access_key,
+            "agent": agent,
+            "buffer_offset": record.offset,
+        });
+        let with = |mut base: serde_json::Value, extra: serde_json::Value| {
+            if let (Some(b), Some(e)) = (base.as_object_mut(), extra.as_object()) {
+                b.extend(e.clone());
+            }
+            base
+        };
+        let opened = if meta.key_id != 0 {
+            Err(format!(
+                "batch is sealed with key id {}; this backend holds no tenant decryption keys",
+                meta.key_id
+            ))
+        } else {
+            Compression::try_from(i32::from(meta.compression))
+                .map_err(|_| format!("unknown compression {}", meta.compression))
+                .and_then(|c| batch::open(&record.payload, c, MAX_RAW_BATCH_BYTES as usize))
+        };
+        let payload = match opened {
+            Ok(payload) => payload,
+            Err(reason) => {
+                warn!(destination = %self.name, offset = record.offset, "dead-lettering a batch: {reason}");
+                self.dead_letter(with(base, json!({
+                    "reason": reason,
+                    "seq_range": [meta.first_seq, meta.last_seq],
+                    "payload_b64": BASE64.encode(&record.payload),
+                })))?;
+                marks.insert(mark_key, meta.last_seq);
+                return Ok(());
+            }
+        };
+        let mut delivered_to = mark;
+        for chunk in &payload.chunks {
+            if chunk.seq <= delivered_to {
+                self.stats.duplicates_skipped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            match decode_chunk(&chunk.data) {
+                Ok(events) => {
+                    self.lines.clear();
+                    let origin = Origin { tag: &chunk.tag, tenant: &meta.tenant, agent: &agent };
+                    let n = render(&events, origin, &mut self.lines);
+                    if n > 0 {
+                        self.sink.write(&meta.tenant, &meta.access_key, &self.lines)?;
+                        self.stats.records.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                }
+                Err(e) => {
+                    let reason = format!("chunk does not decode: {e}");
+                    warn!(destination = %self.name, seq = chunk.seq, tag = %chunk.tag, "dead-lettering: {reason}");
+                    self.dead_letter(with(base.clone(), json!({
+                        "reason": reason,
+                        "seq": chunk.seq,
+                        "tag": chunk.tag,
+                        "chunk_b64": BASE64.encode(&chunk.data),
+                    })))?;
+                }
+            }
+            delivered_to = chunk.seq;
+        }
+        marks.insert(mark_key, delivered_to.max(meta.last_seq));
+        Ok(())
+    }
+}
+
+/// Runs a destination until shutdown: waits for durable records, steps, retries
+/// failures with capped exponential backoff.
+pub(super) async fn run(
+    destination: Destination,
+    log: Arc<EmbeddedLog>,
+    done: Arc<AtomicU64>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut durable = log.subscribe();
+    let mut slot = Some(destination);
+    let mut delay = Duration::from_millis(100);
+    let mut failing = false;
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let Some(mut destination) = slot.take() else { return };
+        if *durable.borrow_and_update() <= destination.next_offset() {
+            slot = Some(destination);
+            tokio::select! {
+                changed = durable.changed() => if changed.is_err() { return },
+                _ = shutdown.wait_for(|down| *down) => return,
+            }
+            continue;
+        }
+        let log = log.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let result = destination.step(&log);
+            (destination, result)
+        })
+        .await;
+        let Ok((destination, result)) = joined else {
+            error!("a destination task panicked; it stops here");
+            return;
+        };
+        done.store(destination.next_offset(), Ordering::Release);
+        match result {
+            Ok(_) => {
+                if failing {
+                    info!(destination = %destination.name(), "delivering again");
+                }
+                failing = false;
+                delay = Duration::from_millis(100);
+            }
+            Err(e) => {
+                if !failing {
+                    error!(destination = %destination.name(), "delivery failed, retrying with backoff: {e:#}");
+                }
+                failing = true;
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.wait_for(|down| *down) => return,
+                }
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+        slot = Some(destination);
+    }
+}

@@ -1,0 +1,234 @@
+//! `logferry serve`: ingest, buffer and router in one process.
+//!
+//! On embedded defaults (no flags) it needs nothing but a data directory:
+//! - `<data-dir>/keys/`: the Ed25519 token-signing key, created once;
+//! - `<data-dir>/tls/`: a development CA and server certificate, created once;
+//! - `<data-dir>/tenants.yaml`: a development tenant `dev` with one access key;
+//! - `<data-dir>/dev-credentials.env`: endpoint, access key, a fresh token, CA file;
+//! - `<data-dir>/buffer/`: the embedded durable buffer;
+//! - `<data-dir>/files/<tenant>/<access_key>/<access_key>.jsonl`: the file sink;
+//! - `<data-dir>/dead-letter/<destination>/`: what could not be delivered, and why;
+//! - `<data-dir>/router/`: one checkpoint per destination.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use logferry_buffer::{EmbeddedLog, LogConfig};
+use logferry_proto::MAX_MESSAGE_BYTES;
+use logferry_proto::v1::ingest_server::IngestServer;
+use tokio::sync::watch;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::{info, warn};
+
+use crate::auth::TokenAuthority;
+use crate::ingest::{Authenticator, IngestService, Marks};
+use crate::pki::{ServerPki, ensure_dev_pki, server_tls};
+use crate::router::{Destination, Router};
+use crate::sinks::{FileSink, StdoutSink};
+use crate::tenants::{Registry, TenantStore};
+
+/// Flags of `logferry serve`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Where everything the backend keeps lives.
+    #[arg(long, env = "LOGFERRY_DATA_DIR", default_value = "./logferry-data")]
+    pub data_dir: PathBuf,
+    /// Address of the gRPC listener (port 0 picks a free one).
+    #[arg(long, env = "LOGFERRY_LISTEN", default_value = "127.0.0.1:7777")]
+    pub listen: SocketAddr,
+    /// Tenant registry (YAML). Default: a development tenant in `<data-dir>/tenants.yaml`.
+    #[arg(long, env = "LOGFERRY_TENANTS")]
+    pub tenants: Option<PathBuf>,
+    /// Also print every record to stdout as a JSON line.
+    #[arg(long)]
+    pub print_events: bool,
+    /// Server certificate chain (PEM). Default: the development CA's certificate.
+    #[arg(long, env = "LOGFERRY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key of `--tls-cert` (PEM).
+    #[arg(long, env = "LOGFERRY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve without TLS. Refused on non-loopback addresses.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    pub plaintext: bool,
+    /// Size cap of the embedded buffer; at the cap ingest answers RESOURCE_EXHAUSTED.
+    #[arg(long, env = "LOGFERRY_BUFFER_MAX_SIZE", default_value = "8G", value_parser = parse_size)]
+    pub buffer_max_size: u64,
+    /// fsync the buffer before acking agents (`on`/`off`). `off` is for benchmarks.
+    #[arg(long, env = "LOGFERRY_BUFFER_SYNC", default_value = "on", value_parser = parse_on_off)]
+    pub buffer_sync: bool,
+    /// Lifetime of the development token written to dev-credentials.env.
+    #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+    pub dev_token_ttl: Duration,
+}
+
+pub fn parse_size(value: &str) -> Result<u64, String> {
+    parse_size::Config::new().with_binary().parse_size(value).map_err(|e| e.to_string())
+}
+
+pub fn parse_on_off(value: &str) -> Result<bool, String> {
+    match value {
+        "on" | "true" => Ok(true),
+        "off" | "false" => Ok(false),
+        other => Err(format!("expected on or off, got `{other}`")),
+    }
+}
+
+/// The registry in use, and whether it is the generated development one.
+pub fn load_registry(data_dir: &Path, tenants: Option<&Path>) -> Result<(Registry, bool)> {
+    if let Some(path) = tenants {
+        return Ok((Registry::load(path)?, false));
+    }
+    let path = data_dir.join("tenants.yaml");
+    if path.exists() {
+        return Ok((Registry::load(&path)?, true));
+    }
+    let registry = Registry::development();
+    crate::fsutil::write_atomic(&path, registry.to_yaml()?.as_bytes())?;
+    Ok((registry, true))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+pub async fn run(args: ServeArgs) -> Result<()> {
+    if args.plaintext && !args.listen.ip().is_loopback() {
+        bail!(
+            "refusing to serve plaintext on {}: --plaintext is for loopback addresses only",
+            args.listen
+        );
+    }
+    let data = &args.data_dir;
+    std::fs::create_dir_all(data).with_context(|| format!("creating `{}`", data.display()))?;
+    let tokens = Arc::new(TokenAuthority::load_or_create(&data.join("keys"))?);
+    let (registry, development) = load_registry(data, args.tenants.as_deref())?;
+    let pki = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(ServerPki { cert: cert.clone(), key: key.clone(), ca: None }),
+        _ if args.plaintext => None,
+        _ => Some(ensure_dev_pki(&data.join("tls"))?),
+    };
+
+    let log_config = LogConfig {
+        max_bytes: args.buffer_max_size,
+        sync: args.buffer_sync,
+        ..LogConfig::new(data.join("buffer"))
+    };
+    let (log, report) = tokio::task::spawn_blocking(move || EmbeddedLog::open(log_config))
+        .await?
+        .context("opening the buffer")?;
+    info!("buffer recovered: {report}");
+    let log = Arc::new(log);
+    let marks = Arc::new(Marks::load(&data.join("marks.json"), &log)?);
+    info!("dedup marks for {} agent(s) loaded", marks.len());
+
+    let mut destinations =
+        vec![Destination::open("files", Box::new(FileSink::new(data.join("files"))), data)?];
+    if args.print_events {
+        destinations.push(Destination::open("stdout", Box::new(StdoutSink), data)?);
+    }
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let router = Router::start(destinations, log.clone(), marks.clone(), shutdown.clone());
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let local = listener.local_addr()?;
+    let scheme = if pki.is_some() { "https" } else { "http" };
+    let endpoint = format!("{scheme}://{local}");
+
+    let store: Arc<dyn TenantStore> = Arc::new(registry.clone());
+    let auth = Authenticator { tokens: tokens.clone(), tenants: Arc::new(RwLock::new(store)) };
+    let service = IngestService { auth, log: log.clone(), marks, shutdown: shutdown.clone() };
+
+    if development {
+        write_dev_credentials(data, &registry, &tokens, &endpoint, pki.as_ref(), args.dev_token_ttl)?;
+    }
+    eprintln!("logferry: listening on {local} ({})", if pki.is_some() { "TLS" } else { "plaintext" });
+
+    let mut server = tonic::transport::Server::builder()
+        .initial_stream_window_size(16 << 20)
+        .initial_connection_window_size(32 << 20)
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .tcp_nodelay(true);
+    if let Some(pki) = &pki {
+        server = server.tls_config(server_tls(pki)?)?;
+    }
+    let ingest = IngestServer::new(service)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let shutdown_requested = async move {
+        shutdown_signal().await;
+        info!("shutting down: closing streams, finishing the router's current step");
+        let _ = shutdown_tx.send(true);
+    };
+    server
+        .add_service(ingest)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_requested)
+        .await
+        .context("the gRPC server failed")?;
+    if tokio::time::timeout(Duration::from_secs(10), router.join()).await.is_err() {
+        warn!("the router did not stop within 10s; its checkpoints keep it exactly-once anyway");
+    }
+    info!("stopped");
+    Ok(())
+}
+
+fn write_dev_credentials(
+    data: &Path,
+    registry: &Registry,
+    tokens: &TokenAuthority,
+    endpoint: &str,
+    pki: Option<&ServerPki>,
+    ttl: Duration,
+) -> Result<()> {
+    let Some(tenant) = registry.file().tenants.first() else { return Ok(()) };
+    let Some(key) = tenant.access_keys.first() else { return Ok(()) };
+    let (token, _) = tokens.issue(&tenant.name, &key.key, ttl)?;
+    let ca = pki.and_then(|p| p.ca.clone());
+    let absolute = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut env = format!(
+        "LOGFERRY_ENDPOINT={endpoint}\nLOGFERRY_ACCESS_KEY={}\nLOGFERRY_ACCESS_TOKEN={token}\n",
+        key.key
+    );
+    if let Some(ca) = &ca {
+        env.push_str(&format!("LOGFERRY_CA_FILE={}\n", absolute(ca).display()));
+    }
+    let path = data.join("dev-credentials.env");
+    let _ = std::fs::remove_file(&path);
+    crate::fsutil::write_private(&path, env.as_bytes())?;
+    let spool = absolute(data).join("agent-spool");
+    eprintln!(
+        "\nlogferry: development tenant `{}`, access key `{}`.\n\
+         Credentials for agents are in {} (token valid for {}).\n\
+         Point Fluent Bit at this backend with:\n\n  \
+         set -a; . {}; set +a\n  \
+         export LOGFERRY_SPOOL_DIR={}\n  \
+         fluent-bit -e target/release/libout_logferry.so -c fluent-bit-conf/fluent-bit.conf\n\n\
+         or ship a file without Fluent Bit:\n\n  \
+         logferry send /var/log/syslog --tag host.syslog   (after sourcing the same file)\n",
+        tenant.name,
+        key.key,
+        absolute(&path).display(),
+        humantime::format_duration(ttl),
+        absolute(&path).display(),
+        spool.display(),
+    );
+    Ok(())
+}

@@ -1,0 +1,264 @@
+//! The tenant registry: tenants, their access keys and the settings their agents
+//! receive through config exchange.
+//!
+//! ```yaml
+//! tenants:
+//!   - name: acme                 # [A-Za-z0-9._-], 1-64 chars; used in file paths
+//!     access_keys:
+//!       - key: ak_web_frontend   # same charset, unique across all tenants
+//!         disabled: false        # default false
+//!         description: web tier  # optional
+//!     agent:                     # optional; each field optional, agents keep their own
+//!       batch_max_bytes: 4M      #   setting for any field not given here, and a
+//!       batch_max_delay: 50ms    #   property set in the [OUTPUT] section always wins
+//!       compress: zstd           # zstd | none
+//! ```
+//!
+//! The registry sits behind [`TenantStore`] so a database-backed store can replace
+//! the file later.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use logferry_proto::v1::{AgentConfig, Compression};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+/// The file format, as written by operators.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryFile {
+    pub tenants: Vec<TenantSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantSpec {
+    pub name: String,
+    pub access_keys: Vec<AccessKeySpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessKeySpec {
+    pub key: String,
+    /// Default false. A disabled key is refused with PERMISSION_DENIED.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// Agent settings handed out by config exchange. Every field is optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSpec {
+    /// Like `4M`. Default: the agent's own (4M).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_max_bytes: Option<String>,
+    /// Like `50ms`. Default: the agent's own (50ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_max_delay: Option<String>,
+    /// `zstd` or `none`. Default: the agent's own (zstd).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compress: Option<String>,
+}
+
+/// A resolved access key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub tenant: String,
+    pub access_key: String,
+    pub disabled: bool,
+}
+
+/// Looks up access keys and agent settings.
+pub trait TenantStore: Send + Sync {
+    fn lookup(&self, access_key: &str) -> Option<Principal>;
+    fn agent_config(&self, tenant: &str) -> AgentConfig;
+}
+
+/// The validated, indexed registry.
+#[derive(Debug, Clone, Default)]
+pub struct Registry {
+    keys: HashMap<String, Principal>,
+    agents: HashMap<String, AgentConfig>,
+    file: RegistryFile,
+}
+
+/// Names used as path components: no separators, no dot-dot, nothing exotic.
+pub fn check_name(what: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name != "."
+        && name != ".."
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !ok {
+        bail!("{what} `{name}` must be 1-64 characters of A-Z, a-z, 0-9, `.`, `_` or `-`");
+    }
+    Ok(())
+}
+
+impl Registry {
+    /// Parses and validates a registry; errors carry the line and column.
+    pub fn parse(text: &str) -> Result<Self> {
+        let file: RegistryFile = serde_yaml_ng::from_str(text)?;
+        Self::from_file(file)
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the tenant registry `{}`", path.display()))?;
+        Self::parse(&text).with_context(|| format!("in the tenant registry `{}`", path.display()))
+    }
+
+    pub fn from_file(file: RegistryFile) -> Result<Self> {
+        let mut registry = Registry { file: file.clone(), ..Registry::default() };
+        for tenant in &file.tenants {
+            check_name("tenant name", &tenant.name)?;
+            if registry.agents.contains_key(&tenant.name) {
+                bail!("tenant `{}` is listed twice", tenant.name);
+            }
+            let config = agent_config(&tenant.name, tenant.agent.as_ref())
+                .with_context(|| format!("in the agent settings of tenant `{}`", tenant.name))?;
+            registry.agents.insert(tenant.name.clone(), config);
+            for key in &tenant.access_keys {
+                check_name("access key", &key.key)?;
+                let principal = Principal {
+                    tenant: tenant.name.clone(),
+                    access_key: key.key.clone(),
+                    disabled: key.disabled,
+                };
+                if let Some(previous) = registry.keys.insert(key.key.clone(), principal) {
+                    bail!(
+                        "access key `{}` is listed twice (tenants `{}` and `{}`)",
+                        key.key,
+                        previous.tenant,
+                        tenant.name
+                    );
+                }
+            }
+        }
+        Ok(registry)
+    }
+
+    pub fn file(&self) -> &RegistryFile {
+        &self.file
+    }
+
+    pub fn to_yaml(&self) -> Result<String> {
+        Ok(serde_yaml_ng::to_string(&self.file)?)
+    }
+
+    /// The registry `logferry serve` creates on embedded defaults: tenant `dev`
+    /// with one random access key.
+    pub fn development() -> Self {
+        let mut bytes = [0u8; 12];
+        rand::rng().fill_bytes(&mut bytes);
+        let file = RegistryFile {
+            tenants: vec![TenantSpec {
+                name: "dev".into(),
+                access_keys: vec![AccessKeySpec {
+                    key: format!("ak_dev_{}", hex::encode(bytes)),
+                    disabled: false,
+                    description: Some("created by `logferry serve` for development".into()),
+                }],
+                agent: None,
+            }],
+        };
+        Self::from_file(file).expect("the development registry is valid")
+    }
+}
+
+impl TenantStore for Registry {
+    fn lookup(&self, access_key: &str) -> Option<Principal> {
+        self.keys.get(access_key).cloned()
+    }
+
+    fn agent_config(&self, tenant: &str) -> AgentConfig {
+        self.agents.get(tenant).cloned().unwrap_or_default()
+    }
+}
+
+fn agent_config(tenant: &str, spec: Option<&AgentSpec>) -> Result<AgentConfig> {
+    let mut config = AgentConfig { tenant: tenant.to_string(), ..AgentConfig::default() };
+    let Some(spec) = spec else { return Ok(config) };
+    if let Some(size) = &spec.batch_max_bytes {
+        config.batch_max_bytes = logferry_agent::config::parse_size("batch_max_bytes", size)?;
+    }
+    if let Some(delay) = &spec.batch_max_delay {
+        let delay = logferry_agent::config::parse_duration("batch_max_delay", delay)?;
+        config.batch_max_delay_ms = delay.as_millis().try_into().unwrap_or(u32::MAX);
+    }
+    if let Some(compress) = &spec.compress {
+        config.compression = match compress.as_str() {
+            "zstd" => Compression::Zstd as i32,
+            "none" => Compression::None as i32,
+            other => bail!("compress: expected zstd or none, got `{other}`"),
+        };
+    }
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "
+tenants:
+  - name: acme
+    access_keys:
+      - key: ak_web
+      - key: ak_old
+        disabled: true
+    agent:
+      batch_max_bytes: 1M
+      batch_max_delay: 20ms
+      compress: none
+  - name: globex
+    access_keys:
+      - key: ak_db
+";
+
+    #[test]
+    fn parses_and_indexes() {
+        let r = Registry::parse(SAMPLE).unwrap();
+        let p = r.lookup("ak_old").unwrap();
+        assert_eq!((p.tenant.as_str(), p.disabled), ("acme", true));
+        assert_eq!(r.lookup("ak_db").unwrap().tenant, "globex");
+        assert!(r.lookup("nope").is_none());
+        let c = r.agent_config("acme");
+        assert_eq!((c.batch_max_bytes, c.batch_max_delay_ms, c.compression), (1 << 20, 20, 0));
+        assert_eq!(r.agent_config("globex").batch_max_bytes, 0);
+        let again = Registry::parse(&r.to_yaml().unwrap()).unwrap();
+        assert_eq!(again.file(), r.file());
+    }
+
+    #[test]
+    fn clear_errors() {
+        let err = Registry::parse("tenants:\n  - name: a\n    access_keys: []\n    colour: red\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `colour`") && err.contains("line 4"), "{err}");
+        let err = Registry::parse("tenants:\n  - name: ../etc\n    access_keys: []\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "tenant name `../etc` must be 1-64 characters of A-Z, a-z, 0-9, `.`, `_` or `-`");
+        let dup = "tenants:\n  - name: a\n    access_keys: [{key: k}]\n  - name: b\n    access_keys: [{key: k}]\n";
+        assert_eq!(
+            Registry::parse(dup).unwrap_err().to_string(),
+            "access key `k` is listed twice (tenants `a` and `b`)"
+        );
+    }
+
+    #[test]
+    fn development_registry() {
+        let r = Registry::development();
+        let key = &r.file().tenants[0].access_keys[0].key;
+        assert!(key.starts_with("ak_dev_") && key.len() == 7 + 24);
+        assert_eq!(r.lookup(key).unwrap().tenant, "dev");
+    }
+}
