@@ -3,9 +3,9 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
-    // SAFETY-free: build scripts are single threaded; prost-build reads PROTOC.
-    // `set_var` is unsafe in edition 2024 because other threads may read the
-    // environment; none exist here.
+    // SAFETY: `set_var` is unsafe because another thread may read the environment at
+    // the same time. This build script is single threaded and has spawned nothing yet;
+    // prost-build reads `PROTOC` afterwards on this same thread.
     unsafe { std::env::set_var("PROTOC", protoc) };
     tonic_prost_build::configure()
         .bytes(".logferry.v1.Batch.payload")

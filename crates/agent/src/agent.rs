@@ -54,7 +54,11 @@ pub struct ShutdownReport {
 impl fmt::Display for ShutdownReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.drained {
-            write!(f, "drained: every chunk up to seq {} is acked ({:?})", self.last_seq, self.elapsed)
+            write!(
+                f,
+                "drained: every chunk up to seq {} is acked ({:?})",
+                self.last_seq, self.elapsed
+            )
         } else {
             write!(
                 f,
@@ -94,7 +98,9 @@ pub struct Agent {
 
 impl fmt::Debug for Agent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Agent").field("agent_id", &hex::encode(self.shared.spool.agent_id())).finish()
+        f.debug_struct("Agent")
+            .field("agent_id", &hex::encode(self.shared.spool.agent_id()))
+            .finish()
     }
 }
 
@@ -102,11 +108,17 @@ impl Agent {
     /// Opens the spool and starts the sender. Returns once the spool is recovered;
     /// connecting happens in the background.
     pub fn start(config: AgentConfig, hooks: AgentHooks) -> Result<Agent> {
-        let _guard = hooks.dispatch.as_ref().map(tracing::dispatcher::set_default);
+        let _guard = hooks
+            .dispatch
+            .as_ref()
+            .map(tracing::dispatcher::set_default);
         if config.endpoint.tls {
             transport::client_tls_config(&config.tls).map_err(Error::Tls)?;
         } else {
-            warn!("endpoint {} is plaintext: use it on loopback only", config.endpoint);
+            warn!(
+                "endpoint {} is plaintext: use it on loopback only",
+                config.endpoint
+            );
         }
         let spool_config = SpoolConfig {
             dir: config.spool_dir.clone(),

@@ -17,7 +17,11 @@ pub fn build(entries: Vec<Entry>, compression: Compression) -> std::io::Result<B
     let payload = BatchPayload {
         chunks: entries
             .into_iter()
-            .map(|e| Chunk { seq: e.seq, tag: e.tag, data: Bytes::from(e.data) })
+            .map(|e| Chunk {
+                seq: e.seq,
+                tag: e.tag,
+                data: Bytes::from(e.data),
+            })
             .collect(),
     };
     let raw = payload.encode_to_vec();
@@ -63,12 +67,23 @@ mod tests {
     #[test]
     fn round_trip() {
         let entries = vec![
-            Entry { seq: 7, tag: "a".into(), data: vec![1, 2, 3] },
-            Entry { seq: 8, tag: "b.c".into(), data: vec![0; 10_000] },
+            Entry {
+                seq: 7,
+                tag: "a".into(),
+                data: vec![1, 2, 3],
+            },
+            Entry {
+                seq: 8,
+                tag: "b.c".into(),
+                data: vec![0; 10_000],
+            },
         ];
         for compression in [Compression::Zstd, Compression::None] {
             let batch = build(entries.clone(), compression).unwrap();
-            assert_eq!((batch.first_seq, batch.last_seq, batch.chunk_count), (7, 8, 2));
+            assert_eq!(
+                (batch.first_seq, batch.last_seq, batch.chunk_count),
+                (7, 8, 2)
+            );
             let opened = open(&batch.payload, compression, 1 << 20).unwrap();
             assert_eq!(opened.chunks.len(), 2);
             assert_eq!(opened.chunks[1].seq, 8);
@@ -76,6 +91,10 @@ mod tests {
             assert_eq!(&opened.chunks[0].data[..], &[1, 2, 3]);
         }
         let batch = build(entries, Compression::Zstd).unwrap();
-        assert!(open(&batch.payload, Compression::Zstd, 100).unwrap_err().contains("zstd"));
+        assert!(
+            open(&batch.payload, Compression::Zstd, 100)
+                .unwrap_err()
+                .contains("zstd")
+        );
     }
 }

@@ -118,7 +118,10 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 fn invalid(property: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError { property, message: message.into() }
+    ConfigError {
+        property,
+        message: message.into(),
+    }
 }
 
 /// Where the backend is.
@@ -150,7 +153,9 @@ impl Endpoint {
         } else if let Some(rest) = value.strip_prefix("http://") {
             (false, rest)
         } else if value.contains("://") {
-            return Err(format!("`{value}` has an unknown scheme; use https:// or http://"));
+            return Err(format!(
+                "`{value}` has an unknown scheme; use https:// or http://"
+            ));
         } else {
             (true, value)
         };
@@ -161,13 +166,20 @@ impl Endpoint {
                 .ok_or_else(|| format!("`{value}` is not `[ipv6]:port`"))?;
             (host, port)
         } else {
-            rest.rsplit_once(':').ok_or_else(|| format!("`{value}` has no port; expected host:port"))?
+            rest.rsplit_once(':')
+                .ok_or_else(|| format!("`{value}` has no port; expected host:port"))?
         };
         if host.is_empty() {
             return Err(format!("`{value}` has no host; expected host:port"));
         }
-        let port = port.parse::<u16>().map_err(|_| format!("`{port}` is not a port number"))?;
-        Ok(Self { host: host.to_string(), port, tls })
+        let port = port
+            .parse::<u16>()
+            .map_err(|_| format!("`{port}` is not a port number"))?;
+        Ok(Self {
+            host: host.to_string(),
+            port,
+            tls,
+        })
     }
 }
 
@@ -236,7 +248,10 @@ fn parse_bool(property: &'static str, value: &str) -> Result<bool, ConfigError> 
     match value.trim().to_ascii_lowercase().as_str() {
         "on" | "true" | "yes" | "1" => Ok(true),
         "off" | "false" | "no" | "0" => Ok(false),
-        other => Err(invalid(property, format!("expected on or off, got `{other}`"))),
+        other => Err(invalid(
+            property,
+            format!("expected on or off, got `{other}`"),
+        )),
     }
 }
 
@@ -245,13 +260,21 @@ pub fn parse_size(property: &'static str, value: &str) -> Result<u64, ConfigErro
     parse_size::Config::new()
         .with_binary()
         .parse_size(value.trim())
-        .map_err(|e| invalid(property, format!("expected a size like 512K or 1G, got `{value}` ({e})")))
+        .map_err(|e| {
+            invalid(
+                property,
+                format!("expected a size like 512K or 1G, got `{value}` ({e})"),
+            )
+        })
 }
 
 /// Parses `200ms`, `5s`, `1m`.
 pub fn parse_duration(property: &'static str, value: &str) -> Result<Duration, ConfigError> {
     humantime::parse_duration(value.trim()).map_err(|e| {
-        invalid(property, format!("expected a duration like 200ms or 5s, got `{value}` ({e})"))
+        invalid(
+            property,
+            format!("expected a duration like 200ms or 5s, got `{value}` ({e})"),
+        )
     })
 }
 
@@ -259,7 +282,10 @@ fn parse_compression(property: &'static str, value: &str) -> Result<Compression,
     match value.trim().to_ascii_lowercase().as_str() {
         "zstd" => Ok(Compression::Zstd),
         "none" | "off" => Ok(Compression::None),
-        other => Err(invalid(property, format!("expected zstd or none, got `{other}`"))),
+        other => Err(invalid(
+            property,
+            format!("expected zstd or none, got `{other}`"),
+        )),
     }
 }
 
@@ -291,7 +317,10 @@ impl AgentConfig {
                 let path = PathBuf::from(file.trim());
                 let source = TokenSource::File(path.clone());
                 source.load().map_err(|e| {
-                    invalid("access_token_file", format!("cannot read `{}`: {e}", path.display()))
+                    invalid(
+                        "access_token_file",
+                        format!("cannot read `{}`: {e}", path.display()),
+                    )
                 })?;
                 source
             }
@@ -309,7 +338,10 @@ impl AgentConfig {
                 Some(v) => {
                     let path = PathBuf::from(v.trim());
                     if !path.is_file() {
-                        return Err(invalid(name, format!("`{}` is not a readable file", path.display())));
+                        return Err(invalid(
+                            name,
+                            format!("`{}` is not a readable file", path.display()),
+                        ));
                     }
                     Ok(Some(path))
                 }
@@ -319,15 +351,24 @@ impl AgentConfig {
             ca_file: file_prop("tls.ca_file")?,
             crt_file: file_prop("tls.crt_file")?,
             key_file: file_prop("tls.key_file")?,
-            verify: get("tls.verify").map(|v| parse_bool("tls.verify", &v)).transpose()?.unwrap_or(true),
+            verify: get("tls.verify")
+                .map(|v| parse_bool("tls.verify", &v))
+                .transpose()?
+                .unwrap_or(true),
             server_name: get("tls.server_name").map(|v| v.trim().to_string()),
         };
         if tls.crt_file.is_some() != tls.key_file.is_some() {
-            return Err(invalid("tls.key_file", "tls.crt_file and tls.key_file go together"));
+            return Err(invalid(
+                "tls.key_file",
+                "tls.crt_file and tls.key_file go together",
+            ));
         }
 
         let spool_dir = get("buffer.path").ok_or_else(|| {
-            invalid("buffer.path", "is required: a directory for this instance's disk spool")
+            invalid(
+                "buffer.path",
+                "is required: a directory for this instance's disk spool",
+            )
         })?;
         let spool_max_bytes = get("buffer.max_size")
             .map(|v| parse_size("buffer.max_size", &v))
@@ -336,8 +377,10 @@ impl AgentConfig {
         if spool_max_bytes < 1 << 20 {
             return Err(invalid("buffer.max_size", "must be at least 1M"));
         }
-        let spool_sync =
-            get("buffer.sync").map(|v| parse_bool("buffer.sync", &v)).transpose()?.unwrap_or(true);
+        let spool_sync = get("buffer.sync")
+            .map(|v| parse_bool("buffer.sync", &v))
+            .transpose()?
+            .unwrap_or(true);
 
         let batch_max_bytes_set = get("batch.max_bytes");
         let batch_max_bytes = batch_max_bytes_set
@@ -392,8 +435,10 @@ mod tests {
     use super::*;
 
     fn props(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> =
-            pairs.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.to_string())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+            .collect();
         move |k| map.get(&k.to_ascii_lowercase()).cloned()
     }
 
@@ -407,7 +452,14 @@ mod tests {
     #[test]
     fn defaults() {
         let c = AgentConfig::from_properties(props(BASE)).unwrap();
-        assert_eq!(c.endpoint, Endpoint { host: "127.0.0.1".into(), port: 7777, tls: true });
+        assert_eq!(
+            c.endpoint,
+            Endpoint {
+                host: "127.0.0.1".into(),
+                port: 7777,
+                tls: true
+            }
+        );
         assert_eq!(c.spool_max_bytes, 1 << 30);
         assert!(c.spool_sync);
         assert_eq!(c.batch_max_bytes, 4 << 20);
@@ -419,7 +471,11 @@ mod tests {
     #[test]
     fn human_sizes_and_durations() {
         let mut p = BASE.to_vec();
-        p.extend([("buffer.max_size", "512M"), ("batch.max_bytes", "512K"), ("batch.max_delay", "200ms")]);
+        p.extend([
+            ("buffer.max_size", "512M"),
+            ("batch.max_bytes", "512K"),
+            ("batch.max_delay", "200ms"),
+        ]);
         p.extend([("compress", "none"), ("buffer.sync", "off")]);
         let c = AgentConfig::from_properties(props(&p)).unwrap();
         assert_eq!(c.spool_max_bytes, 512 << 20);
@@ -433,11 +489,31 @@ mod tests {
     #[test]
     fn errors_name_the_property() {
         let cases: &[(&str, &str, &str)] = &[
-            ("endpoint", "nohost", "property `endpoint`: `nohost` has no port; expected host:port"),
-            ("endpoint", "ftp://x:1", "property `endpoint`: `ftp://x:1` has an unknown scheme; use https:// or http://"),
-            ("buffer.sync", "maybe", "property `buffer.sync`: expected on or off, got `maybe`"),
-            ("compress", "gzip", "property `compress`: expected zstd or none, got `gzip`"),
-            ("tls.ca_file", "/nonexistent/ca.pem", "property `tls.ca_file`: `/nonexistent/ca.pem` is not a readable file"),
+            (
+                "endpoint",
+                "nohost",
+                "property `endpoint`: `nohost` has no port; expected host:port",
+            ),
+            (
+                "endpoint",
+                "ftp://x:1",
+                "property `endpoint`: `ftp://x:1` has an unknown scheme; use https:// or http://",
+            ),
+            (
+                "buffer.sync",
+                "maybe",
+                "property `buffer.sync`: expected on or off, got `maybe`",
+            ),
+            (
+                "compress",
+                "gzip",
+                "property `compress`: expected zstd or none, got `gzip`",
+            ),
+            (
+                "tls.ca_file",
+                "/nonexistent/ca.pem",
+                "property `tls.ca_file`: `/nonexistent/ca.pem` is not a readable file",
+            ),
         ];
         for (key, value, expected) in cases {
             let mut p: Vec<(&str, &str)> = BASE.iter().filter(|(k, _)| k != key).copied().collect();
@@ -446,20 +522,36 @@ mod tests {
             assert_eq!(err.to_string(), *expected);
         }
         let err = AgentConfig::from_properties(props(&BASE[1..])).unwrap_err();
-        assert_eq!(err.to_string(), "property `endpoint`: is required: the backend's host:port");
+        assert_eq!(
+            err.to_string(),
+            "property `endpoint`: is required: the backend's host:port"
+        );
         let mut p = BASE.to_vec();
         p.push(("batch.max_bytes", "lots"));
         let err = AgentConfig::from_properties(props(&p)).unwrap_err();
         assert_eq!(err.property, "batch.max_bytes");
-        assert!(err.message.starts_with("expected a size like 512K or 1G, got `lots`"), "{err}");
+        assert!(
+            err.message
+                .starts_with("expected a size like 512K or 1G, got `lots`"),
+            "{err}"
+        );
     }
 
     #[test]
     fn endpoints() {
         assert_eq!(
             Endpoint::parse("http://[::1]:80").unwrap(),
-            Endpoint { host: "::1".into(), port: 80, tls: false }
+            Endpoint {
+                host: "::1".into(),
+                port: 80,
+                tls: false
+            }
         );
-        assert_eq!(Endpoint::parse("https://logs.example:443/").unwrap().to_string(), "https://logs.example:443");
+        assert_eq!(
+            Endpoint::parse("https://logs.example:443/")
+                .unwrap()
+                .to_string(),
+            "https://logs.example:443"
+        );
     }
 }

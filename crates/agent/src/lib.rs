@@ -8,10 +8,10 @@
 //! - [`sender`]: the stream loop: hello/welcome, a window of in-flight batches, acks,
 //!   timeouts, jittered exponential backoff.
 
-pub mod batch;
-pub mod config;
 mod agent;
 mod backoff;
+pub mod batch;
+pub mod config;
 mod error;
 pub mod sender;
 pub mod transport;

@@ -101,7 +101,10 @@ struct SessionError {
 
 impl SessionError {
     fn new(message: impl Into<String>) -> Self {
-        Self { message: message.into(), retry_after: None }
+        Self {
+            message: message.into(),
+            retry_after: None,
+        }
     }
 
     fn status(context: &str, status: &Status) -> Self {
@@ -121,7 +124,11 @@ impl SessionError {
             .map(Duration::from_millis)
             .or_else(|| (status.code() == Code::ResourceExhausted).then(|| Duration::from_secs(1)));
         Self {
-            message: format!("{context}: {what} ({:?}: {})", status.code(), status.message()),
+            message: format!(
+                "{context}: {what} ({:?}: {})",
+                status.code(),
+                status.message()
+            ),
             retry_after,
         }
     }
@@ -138,10 +145,16 @@ impl LinkLog {
     fn failed(&mut self, error: &SessionError, delay: Duration) {
         self.failures += 1;
         if self.last.as_deref() != Some(error.message.as_str()) {
-            warn!("{}; chunks stay spooled, retrying with backoff", error.message);
+            warn!(
+                "{}; chunks stay spooled, retrying with backoff",
+                error.message
+            );
             self.last = Some(error.message.clone());
         } else {
-            debug!(attempt = self.failures, "still failing, next try in {delay:?}: {}", error.message);
+            debug!(
+                attempt = self.failures,
+                "still failing, next try in {delay:?}: {}", error.message
+            );
         }
     }
 
@@ -156,7 +169,11 @@ impl LinkLog {
 
 /// Runs sessions until `drain` is set and everything spooled is acked. The owner
 /// cancels this task when its shutdown deadline passes.
-pub(crate) async fn run(shared: Arc<Shared>, config: AgentConfig, mut drain: watch::Receiver<bool>) {
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    config: AgentConfig,
+    mut drain: watch::Receiver<bool>,
+) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     let mut link = LinkLog::default();
     loop {
@@ -185,8 +202,9 @@ fn authed<T>(message: T, config: &AgentConfig, token: &str) -> Result<Request<T>
     let mut request = Request::new(message);
     let key = MetadataValue::try_from(config.access_key.as_str())
         .map_err(|_| SessionError::new("access_key holds characters not allowed in a header"))?;
-    let bearer = MetadataValue::try_from(format!("Bearer {token}"))
-        .map_err(|_| SessionError::new("the access token holds characters not allowed in a header"))?;
+    let bearer = MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| {
+        SessionError::new("the access token holds characters not allowed in a header")
+    })?;
     request.metadata_mut().insert(ACCESS_KEY_HEADER, key);
     request.metadata_mut().insert(AUTHORIZATION_HEADER, bearer);
     Ok(request)
@@ -234,7 +252,9 @@ impl Stage {
             && (self.carry.is_some()
                 || self.bytes >= settings.batch_max_bytes
                 || draining
-                || self.since.is_some_and(|s| s.elapsed() >= settings.batch_max_delay))
+                || self
+                    .since
+                    .is_some_and(|s| s.elapsed() >= settings.batch_max_delay))
     }
 
     fn take(&mut self) -> Vec<Entry> {
@@ -260,9 +280,10 @@ async fn session(
     backoff: &mut Backoff,
 ) -> Result<(), SessionError> {
     let spool = &shared.spool;
-    let token = config.token.load().map_err(|e| {
-        SessionError::new(format!("cannot read the access token file: {e}"))
-    })?;
+    let token = config
+        .token
+        .load()
+        .map_err(|e| SessionError::new(format!("cannot read the access token file: {e}")))?;
     let channel = transport::connect(&config.endpoint, &config.tls, config.connect_timeout)
         .await
         .map_err(|e| SessionError::new(format!("cannot reach {}: {e}", config.endpoint)))?;
@@ -271,7 +292,13 @@ async fn session(
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let agent_id = spool.agent_id().to_vec();
 
-    let request = authed(GetConfigRequest { agent_id: agent_id.clone() }, config, &token)?;
+    let request = authed(
+        GetConfigRequest {
+            agent_id: agent_id.clone(),
+        },
+        config,
+        &token,
+    )?;
     let remote = timeout(config.connect_timeout, client.get_config(request))
         .await
         .map_err(|_| SessionError::new("config exchange timed out"))?
@@ -285,7 +312,11 @@ async fn session(
         agent_version: config.agent_version.clone(),
         acked_seq: spool.acked_seq(),
     };
-    let _ = tx.send(AgentMessage { msg: Some(agent_message::Msg::Hello(hello)) }).await;
+    let _ = tx
+        .send(AgentMessage {
+            msg: Some(agent_message::Msg::Hello(hello)),
+        })
+        .await;
     let request = authed(ReceiverStream::new(rx), config, &token)?;
     let mut inbound = timeout(config.connect_timeout, client.stream(request))
         .await
@@ -297,7 +328,11 @@ async fn session(
         Ok(Err(s)) => return Err(SessionError::status("stream", &s)),
         Ok(Ok(Some(m))) => match m.msg {
             Some(server_message::Msg::Welcome(w)) => w,
-            _ => return Err(SessionError::new("protocol error: first message was not a welcome")),
+            _ => {
+                return Err(SessionError::new(
+                    "protocol error: first message was not a welcome",
+                ));
+            }
         },
         Ok(Ok(None)) => return Err(SessionError::new("the backend closed the stream at once")),
     };
@@ -307,7 +342,9 @@ async fn session(
     let acked = spool.acked_seq();
     if welcome.stored_seq > acked {
         let upto = welcome.stored_seq.min(spool.last_seq());
-        spool.ack(upto).map_err(|e| SessionError::new(format!("spool: {e}")))?;
+        spool
+            .ack(upto)
+            .map_err(|e| SessionError::new(format!("spool: {e}")))?;
     } else if welcome.stored_seq < acked {
         warn!(
             "the backend holds this agent's chunks only up to seq {}, behind the acked seq {acked} \
@@ -323,7 +360,10 @@ async fn session(
         spool.last_seq()
     ));
 
-    let mut stage = Stage { next_read: welcome.stored_seq + 1, ..Stage::default() };
+    let mut stage = Stage {
+        next_read: welcome.stored_seq + 1,
+        ..Stage::default()
+    };
     let mut in_flight: VecDeque<(u64, Instant)> = VecDeque::new();
     loop {
         stage.fill(spool, settings.batch_max_bytes)?;
@@ -338,20 +378,33 @@ async fn session(
             let c = &shared.counters;
             c.batches_sent.fetch_add(1, Ordering::Relaxed);
             c.chunks_sent.fetch_add(chunks, Ordering::Relaxed);
-            c.raw_bytes_sent.fetch_add(batch.raw_bytes, Ordering::Relaxed);
-            c.wire_bytes_sent.fetch_add(batch.payload.len() as u64, Ordering::Relaxed);
+            c.raw_bytes_sent
+                .fetch_add(batch.raw_bytes, Ordering::Relaxed);
+            c.wire_bytes_sent
+                .fetch_add(batch.payload.len() as u64, Ordering::Relaxed);
             in_flight.push_back((batch.last_seq, Instant::now()));
-            tx.send(AgentMessage { msg: Some(agent_message::Msg::Batch(batch)) })
-                .await
-                .map_err(|_| SessionError::new("the stream closed while sending"))?;
+            tx.send(AgentMessage {
+                msg: Some(agent_message::Msg::Batch(batch)),
+            })
+            .await
+            .map_err(|_| SessionError::new("the stream closed while sending"))?;
             continue;
         }
-        if draining && stage.is_empty() && in_flight.is_empty() && stage.next_read > spool.last_seq()
+        if draining
+            && stage.is_empty()
+            && in_flight.is_empty()
+            && stage.next_read > spool.last_seq()
         {
             return Ok(());
         }
-        let ack_deadline = in_flight.front().map(|(_, sent)| *sent + config.ack_timeout);
-        let batch_deadline = if ready { None } else { stage.since.map(|s| s + settings.batch_max_delay) };
+        let ack_deadline = in_flight
+            .front()
+            .map(|(_, sent)| *sent + config.ack_timeout);
+        let batch_deadline = if ready {
+            None
+        } else {
+            stage.since.map(|s| s + settings.batch_max_delay)
+        };
         tokio::select! {
             message = inbound.message() => {
                 let message = message.map_err(|s| SessionError::status("stream", &s))?;

@@ -57,7 +57,9 @@ pub fn client_tls_config(tls: &TlsSettings) -> Result<ClientConfig, String> {
         match &tls.ca_file {
             Some(path) => {
                 for cert in load_certs(path)? {
-                    roots.add(cert).map_err(|e| format!("bad CA in `{}`: {e}", path.display()))?;
+                    roots
+                        .add(cert)
+                        .map_err(|e| format!("bad CA in `{}`: {e}", path.display()))?;
                 }
             }
             None => {
@@ -72,7 +74,9 @@ pub fn client_tls_config(tls: &TlsSettings) -> Result<ClientConfig, String> {
         }
         builder.with_root_certificates(roots)
     } else {
-        builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerify(crypto_provider())))
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(crypto_provider())))
     };
     let mut config = match (&tls.crt_file, &tls.key_file) {
         (Some(crt), Some(key)) => builder
@@ -107,10 +111,16 @@ pub async fn connect(
         .initial_connection_window_size(CONNECTION_WINDOW);
     let connecting = async {
         if !endpoint.tls {
-            return builder.connect().await.map_err(|e| describe_transport_error(&e));
+            return builder
+                .connect()
+                .await
+                .map_err(|e| describe_transport_error(&e));
         }
         let config = Arc::new(client_tls_config(tls)?);
-        let name = tls.server_name.clone().unwrap_or_else(|| endpoint.host.clone());
+        let name = tls
+            .server_name
+            .clone()
+            .unwrap_or_else(|| endpoint.host.clone());
         let server_name = ServerName::try_from(name.clone())
             .map_err(|_| format!("`{name}` is not a valid TLS server name"))?;
         let connector = tokio_rustls::TlsConnector::from(config);

@@ -53,7 +53,10 @@ pub enum AuthError {
     #[error("the token is malformed: {0}")]
     Malformed(String),
     #[error("the token is bound to access key `{token_key}`, not `{presented}`")]
-    WrongKey { token_key: String, presented: String },
+    WrongKey {
+        token_key: String,
+        presented: String,
+    },
 }
 
 /// Signs and verifies tokens.
@@ -70,7 +73,9 @@ impl std::fmt::Debug for TokenAuthority {
 }
 
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl TokenAuthority {
@@ -102,7 +107,11 @@ impl TokenAuthority {
         validation.set_issuer(&[ISSUER]);
         validation.set_required_spec_claims(&["exp", "iat", "iss", "sub"]);
         validation.validate_exp = true;
-        Ok(Self { encoding, decoding, validation })
+        Ok(Self {
+            encoding,
+            decoding,
+            validation,
+        })
     }
 
     /// Issues a token for `access_key` of `tenant`, valid for `ttl`.
@@ -128,8 +137,8 @@ impl TokenAuthority {
         if token.is_empty() {
             return Err(AuthError::Missing);
         }
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|e| AuthError::Malformed(e.to_string()))?;
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| AuthError::Malformed(e.to_string()))?;
         if header.alg != Algorithm::EdDSA {
             return Err(AuthError::BadAlgorithm(format!("{:?}", header.alg)));
         }
@@ -168,14 +177,20 @@ mod tests {
         assert_eq!(claims.exp - claims.iat, 60);
         assert_eq!(
             auth.verify(&token, "ak_2").unwrap_err(),
-            AuthError::WrongKey { token_key: "ak_1".into(), presented: "ak_2".into() }
+            AuthError::WrongKey {
+                token_key: "ak_1".into(),
+                presented: "ak_2".into()
+            }
         );
         // The same directory yields the same key.
         let again = TokenAuthority::load_or_create(dir.path()).unwrap();
         assert!(again.verify(&token, "ak_1").is_ok());
         // Another key does not verify it.
         let other = TokenAuthority::load_or_create(tempfile::tempdir().unwrap().path()).unwrap();
-        assert_eq!(other.verify(&token, "ak_1").unwrap_err(), AuthError::BadSignature);
+        assert_eq!(
+            other.verify(&token, "ak_1").unwrap_err(),
+            AuthError::BadSignature
+        );
     }
 
     #[test]
@@ -188,7 +203,10 @@ mod tests {
         let token =
             jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &auth.encoding).unwrap();
         assert_eq!(auth.verify(&token, "k").unwrap_err(), AuthError::Expired);
-        assert!(matches!(auth.verify("garbage", "k").unwrap_err(), AuthError::Malformed(_)));
+        assert!(matches!(
+            auth.verify("garbage", "k").unwrap_err(),
+            AuthError::Malformed(_)
+        ));
         assert_eq!(auth.verify("", "k").unwrap_err(), AuthError::Missing);
         let hs = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -196,6 +214,9 @@ mod tests {
             &EncodingKey::from_secret(b"secret"),
         )
         .unwrap();
-        assert_eq!(auth.verify(&hs, "k").unwrap_err(), AuthError::BadAlgorithm("HS256".into()));
+        assert_eq!(
+            auth.verify(&hs, "k").unwrap_err(),
+            AuthError::BadAlgorithm("HS256".into())
+        );
     }
 }

@@ -13,10 +13,20 @@ use logferry_backend::tenants::TenantStore;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
-#[command(name = "logferry", version, about = "Carries Fluent Bit's logs exactly once.")]
+#[command(
+    name = "logferry",
+    version,
+    about = "Carries Fluent Bit's logs exactly once."
+)]
 struct Cli {
     /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value = "text", env = "LOGFERRY_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "LOGFERRY_LOG_FORMAT"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -64,7 +74,9 @@ enum TokenCommand {
 
 fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -72,7 +84,9 @@ fn init_tracing(format: LogFormat) {
 }
 
 fn not_in_this_build(what: &str) -> Result<()> {
-    bail!("{what} is not implemented in this build yet; `logferry serve` runs ingest, buffer and router in one process")
+    bail!(
+        "{what} is not implemented in this build yet; `logferry serve` runs ingest, buffer and router in one process"
+    )
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -82,11 +96,19 @@ fn run(cli: Cli) -> Result<()> {
             .build()?
             .block_on(serve::run(args)),
         Command::Send(args) => send::run(args),
-        Command::Token(TokenCommand::Issue { data_dir, tenants, access_key, ttl }) => {
+        Command::Token(TokenCommand::Issue {
+            data_dir,
+            tenants,
+            access_key,
+            ttl,
+        }) => {
             let tenants = tenants.unwrap_or_else(|| data_dir.join("tenants.yaml"));
             let registry = logferry_backend::tenants::Registry::load(&tenants)?;
             let principal = registry.lookup(&access_key).with_context(|| {
-                format!("access key `{access_key}` is not in `{}`", tenants.display())
+                format!(
+                    "access key `{access_key}` is not in `{}`",
+                    tenants.display()
+                )
             })?;
             let authority = TokenAuthority::load_or_create(&data_dir.join("keys"))?;
             let (token, claims) = authority.issue(&principal.tenant, &access_key, ttl)?;

@@ -37,20 +37,36 @@ pub fn ensure_dev_pki(dir: &Path) -> Result<ServerPki> {
     let ca_key = KeyPair::generate().context("generating the CA key")?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "logferry development CA");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "logferry development CA");
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_cert = ca_params.self_signed(&ca_key).context("signing the CA certificate")?;
+    let ca_cert = ca_params
+        .self_signed(&ca_key)
+        .context("signing the CA certificate")?;
 
     let server_key = KeyPair::generate().context("generating the server key")?;
-    let names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
     let mut params = CertificateParams::new(names)?;
-    params.distinguished_name.push(DnType::CommonName, "logferry backend (development)");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "logferry backend (development)");
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let issuer = Issuer::new(ca_params, ca_key);
-    let server_cert =
-        params.signed_by(&server_key, &issuer).context("signing the server certificate")?;
+    let server_cert = params
+        .signed_by(&server_key, &issuer)
+        .context("signing the server certificate")?;
 
-    for path in [&pki.cert, &pki.key, &dir.join("ca.pem"), &dir.join("ca.key")] {
+    for path in [
+        &pki.cert,
+        &pki.key,
+        &dir.join("ca.pem"),
+        &dir.join("ca.key"),
+    ] {
         let _ = std::fs::remove_file(path);
     }
     write_private(&dir.join("ca.key"), issuer.key().serialize_pem().as_bytes())?;

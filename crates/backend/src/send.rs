@@ -31,7 +31,11 @@ pub struct SendArgs {
     pub access_key: String,
     #[arg(long, env = "LOGFERRY_ACCESS_TOKEN", hide_env_values = true)]
     pub access_token: Option<String>,
-    #[arg(long, env = "LOGFERRY_ACCESS_TOKEN_FILE", conflicts_with = "access_token")]
+    #[arg(
+        long,
+        env = "LOGFERRY_ACCESS_TOKEN_FILE",
+        conflicts_with = "access_token"
+    )]
     pub access_token_file: Option<PathBuf>,
     /// CA certificate(s) of the backend (PEM).
     #[arg(long, env = "LOGFERRY_CA_FILE")]
@@ -48,7 +52,9 @@ pub struct SendArgs {
 }
 
 fn event_time_now() -> Value {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let mut data = Vec::with_capacity(8);
     data.extend_from_slice(&(now.as_secs() as u32).to_be_bytes());
     data.extend_from_slice(&now.subsec_nanos().to_be_bytes());
@@ -87,7 +93,9 @@ pub fn run(args: SendArgs) -> Result<()> {
     let spool = match &args.spool {
         Some(dir) => dir.clone(),
         None => {
-            temp = tempfile::Builder::new().prefix("logferry-send-").tempdir()?;
+            temp = tempfile::Builder::new()
+                .prefix("logferry-send-")
+                .tempdir()?;
             temp.path().to_path_buf()
         }
     };
@@ -104,14 +112,17 @@ pub fn run(args: SendArgs) -> Result<()> {
         props.insert("tls.ca_file", ca.display().to_string());
     }
     props.insert("buffer.path", spool.display().to_string());
-    let config = AgentConfig::from_properties(|k| props.get(k).cloned())
-        .context("logferry send")?;
+    let config =
+        AgentConfig::from_properties(|k| props.get(k).cloned()).context("logferry send")?;
     let agent = Agent::start(config, AgentHooks::default())?;
 
     let reader: Box<dyn Read> = if args.input == "-" {
         Box::new(std::io::stdin())
     } else {
-        Box::new(std::fs::File::open(&args.input).with_context(|| format!("opening `{}`", args.input))?)
+        Box::new(
+            std::fs::File::open(&args.input)
+                .with_context(|| format!("opening `{}`", args.input))?,
+        )
     };
     let progress = if std::io::stderr().is_terminal() {
         ProgressBar::new_spinner()
@@ -119,7 +130,8 @@ pub fn run(args: SendArgs) -> Result<()> {
         ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden())
     };
     progress.set_style(
-        ProgressStyle::with_template("{spinner} {elapsed} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        ProgressStyle::with_template("{spinner} {elapsed} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
     let started = Instant::now();
     let mut lines = 0u64;
@@ -137,7 +149,10 @@ pub fn run(args: SendArgs) -> Result<()> {
         if chunk.len() as u64 >= args.chunk_bytes {
             flush(&agent, &args.tag, &chunk)?;
             chunk.clear();
-            progress.set_message(format!("{lines} lines read, {} chunks acked", agent.acked_seq()));
+            progress.set_message(format!(
+                "{lines} lines read, {} chunks acked",
+                agent.acked_seq()
+            ));
             progress.tick();
         }
     }
@@ -147,7 +162,10 @@ pub fn run(args: SendArgs) -> Result<()> {
     let last = agent.last_seq();
     let deadline = Instant::now() + args.timeout;
     while agent.acked_seq() < last && Instant::now() < deadline {
-        progress.set_message(format!("{lines} lines read, {}/{last} chunks acked", agent.acked_seq()));
+        progress.set_message(format!(
+            "{lines} lines read, {}/{last} chunks acked",
+            agent.acked_seq()
+        ));
         progress.tick();
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -160,7 +178,10 @@ pub fn run(args: SendArgs) -> Result<()> {
             last - acked,
             humantime::format_duration(args.timeout),
             if args.spool.is_some() {
-                format!("they stay in {} and go out on the next run", spool.display())
+                format!(
+                    "they stay in {} and go out on the next run",
+                    spool.display()
+                )
             } else {
                 "pass --spool DIR to keep them for a retry".to_string()
             }

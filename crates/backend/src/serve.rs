@@ -66,7 +66,10 @@ pub struct ServeArgs {
 }
 
 pub fn parse_size(value: &str) -> Result<u64, String> {
-    parse_size::Config::new().with_binary().parse_size(value).map_err(|e| e.to_string())
+    parse_size::Config::new()
+        .with_binary()
+        .parse_size(value)
+        .map_err(|e| e.to_string())
 }
 
 pub fn parse_on_off(value: &str) -> Result<bool, String> {
@@ -95,10 +98,11 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => return std::future::pending().await,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => return std::future::pending().await,
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -120,7 +124,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let tokens = Arc::new(TokenAuthority::load_or_create(&data.join("keys"))?);
     let (registry, development) = load_registry(data, args.tenants.as_deref())?;
     let pki = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(ServerPki { cert: cert.clone(), key: key.clone(), ca: None }),
+        (Some(cert), Some(key)) => Some(ServerPki {
+            cert: cert.clone(),
+            key: key.clone(),
+            ca: None,
+        }),
         _ if args.plaintext => None,
         _ => Some(ensure_dev_pki(&data.join("tls"))?),
     };
@@ -138,8 +146,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let marks = Arc::new(Marks::load(&data.join("marks.json"), &log)?);
     info!("dedup marks for {} agent(s) loaded", marks.len());
 
-    let mut destinations =
-        vec![Destination::open("files", Box::new(FileSink::new(data.join("files"))), data)?];
+    let mut destinations = vec![Destination::open(
+        "files",
+        Box::new(FileSink::new(data.join("files"))),
+        data,
+    )?];
     if args.print_events {
         destinations.push(Destination::open("stdout", Box::new(StdoutSink), data)?);
     }
@@ -154,13 +165,31 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let endpoint = format!("{scheme}://{local}");
 
     let store: Arc<dyn TenantStore> = Arc::new(registry.clone());
-    let auth = Authenticator { tokens: tokens.clone(), tenants: Arc::new(RwLock::new(store)) };
-    let service = IngestService { auth, log: log.clone(), marks, shutdown: shutdown.clone() };
+    let auth = Authenticator {
+        tokens: tokens.clone(),
+        tenants: Arc::new(RwLock::new(store)),
+    };
+    let service = IngestService {
+        auth,
+        log: log.clone(),
+        marks,
+        shutdown: shutdown.clone(),
+    };
 
     if development {
-        write_dev_credentials(data, &registry, &tokens, &endpoint, pki.as_ref(), args.dev_token_ttl)?;
+        write_dev_credentials(
+            data,
+            &registry,
+            &tokens,
+            &endpoint,
+            pki.as_ref(),
+            args.dev_token_ttl,
+        )?;
     }
-    eprintln!("logferry: listening on {local} ({})", if pki.is_some() { "TLS" } else { "plaintext" });
+    eprintln!(
+        "logferry: listening on {local} ({})",
+        if pki.is_some() { "TLS" } else { "plaintext" }
+    );
 
     let mut server = tonic::transport::Server::builder()
         .initial_stream_window_size(16 << 20)
@@ -183,7 +212,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_requested)
         .await
         .context("the gRPC server failed")?;
-    if tokio::time::timeout(Duration::from_secs(10), router.join()).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(10), router.join())
+        .await
+        .is_err()
+    {
         warn!("the router did not stop within 10s; its checkpoints keep it exactly-once anyway");
     }
     info!("stopped");
@@ -198,8 +230,12 @@ fn write_dev_credentials(
     pki: Option<&ServerPki>,
     ttl: Duration,
 ) -> Result<()> {
-    let Some(tenant) = registry.file().tenants.first() else { return Ok(()) };
-    let Some(key) = tenant.access_keys.first() else { return Ok(()) };
+    let Some(tenant) = registry.file().tenants.first() else {
+        return Ok(());
+    };
+    let Some(key) = tenant.access_keys.first() else {
+        return Ok(());
+    };
     let (token, _) = tokens.issue(&tenant.name, &key.key, ttl)?;
     let ca = pki.and_then(|p| p.ca.clone());
     let absolute = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());

@@ -95,7 +95,9 @@ pub fn check_name(what: &str, name: &str) -> Result<()> {
         && name.len() <= 64
         && name != "."
         && name != ".."
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
     if !ok {
         bail!("{what} `{name}` must be 1-64 characters of A-Z, a-z, 0-9, `.`, `_` or `-`");
     }
@@ -116,7 +118,10 @@ impl Registry {
     }
 
     pub fn from_file(file: RegistryFile) -> Result<Self> {
-        let mut registry = Registry { file: file.clone(), ..Registry::default() };
+        let mut registry = Registry {
+            file: file.clone(),
+            ..Registry::default()
+        };
         for tenant in &file.tenants {
             check_name("tenant name", &tenant.name)?;
             if registry.agents.contains_key(&tenant.name) {
@@ -184,7 +189,10 @@ impl TenantStore for Registry {
 }
 
 fn agent_config(tenant: &str, spec: Option<&AgentSpec>) -> Result<AgentConfig> {
-    let mut config = AgentConfig { tenant: tenant.to_string(), ..AgentConfig::default() };
+    let mut config = AgentConfig {
+        tenant: tenant.to_string(),
+        ..AgentConfig::default()
+    };
     let Some(spec) = spec else { return Ok(config) };
     if let Some(size) = &spec.batch_max_bytes {
         config.batch_max_bytes = logferry_agent::config::parse_size("batch_max_bytes", size)?;
@@ -231,7 +239,10 @@ tenants:
         assert_eq!(r.lookup("ak_db").unwrap().tenant, "globex");
         assert!(r.lookup("nope").is_none());
         let c = r.agent_config("acme");
-        assert_eq!((c.batch_max_bytes, c.batch_max_delay_ms, c.compression), (1 << 20, 20, 0));
+        assert_eq!(
+            (c.batch_max_bytes, c.batch_max_delay_ms, c.compression),
+            (1 << 20, 20, 0)
+        );
         assert_eq!(r.agent_config("globex").batch_max_bytes, 0);
         let again = Registry::parse(&r.to_yaml().unwrap()).unwrap();
         assert_eq!(again.file(), r.file());
@@ -242,11 +253,17 @@ tenants:
         let err = Registry::parse("tenants:\n  - name: a\n    access_keys: []\n    colour: red\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("unknown field `colour`") && err.contains("line 4"), "{err}");
+        assert!(
+            err.contains("unknown field `colour`") && err.contains("line 4"),
+            "{err}"
+        );
         let err = Registry::parse("tenants:\n  - name: ../etc\n    access_keys: []\n")
             .unwrap_err()
             .to_string();
-        assert_eq!(err, "tenant name `../etc` must be 1-64 characters of A-Z, a-z, 0-9, `.`, `_` or `-`");
+        assert_eq!(
+            err,
+            "tenant name `../etc` must be 1-64 characters of A-Z, a-z, 0-9, `.`, `_` or `-`"
+        );
         let dup = "tenants:\n  - name: a\n    access_keys: [{key: k}]\n  - name: b\n    access_keys: [{key: k}]\n";
         assert_eq!(
             Registry::parse(dup).unwrap_err().to_string(),

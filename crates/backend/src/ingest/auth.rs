@@ -40,7 +40,9 @@ impl Authenticator {
             .map(str::trim)
             .filter(|k| !k.is_empty())
             .ok_or_else(|| {
-                Status::unauthenticated(format!("no access key: send the `{ACCESS_KEY_HEADER}` header"))
+                Status::unauthenticated(format!(
+                    "no access key: send the `{ACCESS_KEY_HEADER}` header"
+                ))
             })?;
         let token = metadata
             .get(AUTHORIZATION_HEADER)
@@ -51,17 +53,28 @@ impl Authenticator {
             warn!(access_key, "refused a call: {e}");
             status_for(&e)
         })?;
-        let store = self.tenants.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let store = self
+            .tenants
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let principal = store.lookup(access_key).ok_or_else(|| {
             warn!(access_key, "refused a call: unknown access key");
-            Status::permission_denied(format!("access key `{access_key}` is not in the tenant registry"))
+            Status::permission_denied(format!(
+                "access key `{access_key}` is not in the tenant registry"
+            ))
         })?;
         if principal.disabled {
             warn!(access_key, "refused a call: access key disabled");
-            return Err(Status::permission_denied(format!("access key `{access_key}` is disabled")));
+            return Err(Status::permission_denied(format!(
+                "access key `{access_key}` is disabled"
+            )));
         }
         if claims.tenant != principal.tenant {
-            warn!(access_key, "refused a call: token for tenant `{}`", claims.tenant);
+            warn!(
+                access_key,
+                "refused a call: token for tenant `{}`", claims.tenant
+            );
             return Err(Status::permission_denied(format!(
                 "the token is for tenant `{}`, but access key `{access_key}` belongs to `{}`",
                 claims.tenant, principal.tenant

@@ -62,9 +62,20 @@ impl Marks {
         .context("scanning the buffer for dedup marks")?;
         let agents = map
             .into_iter()
-            .map(|(k, seq)| (k, Arc::new(AgentMark { stored: AtomicU64::new(seq), ..Default::default() })))
+            .map(|(k, seq)| {
+                (
+                    k,
+                    Arc::new(AgentMark {
+                        stored: AtomicU64::new(seq),
+                        ..Default::default()
+                    }),
+                )
+            })
             .collect();
-        Ok(Self { path: path.to_path_buf(), agents: Mutex::new(agents) })
+        Ok(Self {
+            path: path.to_path_buf(),
+            agents: Mutex::new(agents),
+        })
     }
 
     pub fn agent(&self, key: AgentKey) -> Arc<AgentMark> {
@@ -84,9 +95,13 @@ impl Marks {
     pub fn persist(&self) -> Result<()> {
         let snapshot: BTreeMap<String, u64> = {
             let agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
-            agents.iter().map(|(k, m)| (key_string(k), m.stored.load(Ordering::Acquire))).collect()
+            agents
+                .iter()
+                .map(|(k, m)| (key_string(k), m.stored.load(Ordering::Acquire)))
+                .collect()
         };
         let json = serde_json::to_vec_pretty(&snapshot)?;
-        write_atomic(&self.path, &json).with_context(|| format!("writing `{}`", self.path.display()))
+        write_atomic(&self.path, &json)
+            .with_context(|| format!("writing `{}`", self.path.display()))
     }
 }

@@ -53,7 +53,10 @@ fn validate(batch: &Batch) -> Result<(), Status> {
         )));
     }
     if Compression::try_from(batch.compression).is_err() {
-        return Err(invalid(format!("unknown compression {}", batch.compression)));
+        return Err(invalid(format!(
+            "unknown compression {}",
+            batch.compression
+        )));
     }
     if batch.raw_bytes > MAX_RAW_BATCH_BYTES {
         return Err(invalid(format!(
@@ -73,7 +76,10 @@ fn buffer_status(error: &logferry_buffer::Error) -> Status {
             let mut status = Status::resource_exhausted(format!(
                 "the backend's buffer is full ({error}); a destination is probably lagging"
             ));
-            status.metadata_mut().insert("retry-after-ms", tonic::metadata::MetadataValue::from(2000u32));
+            status.metadata_mut().insert(
+                "retry-after-ms",
+                tonic::metadata::MetadataValue::from(2000u32),
+            );
             status
         }
         logferry_buffer::Error::TooLarge { .. } => Status::invalid_argument(error.to_string()),
@@ -82,7 +88,9 @@ fn buffer_status(error: &logferry_buffer::Error) -> Status {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl IngestService {
@@ -98,8 +106,15 @@ impl IngestService {
         let _serial = mark.lock.lock().await;
         let stored = mark.stored.load(Ordering::Acquire);
         if batch.last_seq <= stored {
-            debug!(first = batch.first_seq, last = batch.last_seq, "duplicate batch acked again");
-            return Ok(Ack { last_seq: batch.last_seq, duplicate: true });
+            debug!(
+                first = batch.first_seq,
+                last = batch.last_seq,
+                "duplicate batch acked again"
+            );
+            return Ok(Ack {
+                last_seq: batch.last_seq,
+                duplicate: true,
+            });
         }
         if batch.first_seq > stored + 1 {
             warn!(
@@ -132,7 +147,10 @@ impl IngestService {
                 buffer_status(&e)
             })?;
         mark.stored.store(batch.last_seq, Ordering::Release);
-        Ok(Ack { last_seq: batch.last_seq, duplicate: false })
+        Ok(Ack {
+            last_seq: batch.last_seq,
+            duplicate: false,
+        })
     }
 
     async fn run_stream(
@@ -157,11 +175,18 @@ impl IngestService {
             Err(_) => return Err(invalid("no hello within 10s".into())),
             Ok(message) => match message?.and_then(|m| m.msg) {
                 Some(agent_message::Msg::Hello(hello)) => hello,
-                _ => return Err(invalid("the first message of a stream must be a hello".into())),
+                _ => {
+                    return Err(invalid(
+                        "the first message of a stream must be a hello".into(),
+                    ));
+                }
             },
         };
         let agent_id: [u8; 16] = hello.agent_id.as_slice().try_into().map_err(|_| {
-            invalid(format!("agent id must be 16 bytes, got {}", hello.agent_id.len()))
+            invalid(format!(
+                "agent id must be 16 bytes, got {}",
+                hello.agent_id.len()
+            ))
         })?;
         let agent = hex::encode(agent_id);
         let mark = self.marks.agent((principal.tenant.clone(), agent_id));
@@ -174,7 +199,10 @@ impl IngestService {
             "agent connected; stored seq {stored_seq}, agent acked {}",
             hello.acked_seq
         );
-        let welcome = Welcome { stored_seq, tenant: principal.tenant.clone() };
+        let welcome = Welcome {
+            stored_seq,
+            tenant: principal.tenant.clone(),
+        };
         send(tx, server_message::Msg::Welcome(welcome)).await?;
 
         let mut shutdown = self.shutdown.clone();
@@ -221,7 +249,9 @@ impl Ingest for IngestService {
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
         if *self.shutdown.borrow() {
-            return Err(Status::unavailable("the backend is shutting down; reconnect shortly"));
+            return Err(Status::unavailable(
+                "the backend is shutting down; reconnect shortly",
+            ));
         }
         let principal = self.auth.authenticate(request.metadata())?;
         let inbound = request.into_inner();
@@ -235,7 +265,12 @@ impl Ingest for IngestService {
         request: Request<GetConfigRequest>,
     ) -> Result<Response<AgentConfig>, Status> {
         let principal = self.auth.authenticate(request.metadata())?;
-        let store = self.auth.tenants.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let store = self
+            .auth
+            .tenants
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         Ok(Response::new(store.agent_config(&principal.tenant)))
     }
 }

@@ -33,10 +33,13 @@ impl Checkpoint {
     /// The stored checkpoint, or a fresh one when there is none.
     pub fn load(path: &Path) -> Result<Self> {
         if !path.exists() {
-            return Ok(Self { version: Self::VERSION, ..Self::default() });
+            return Ok(Self {
+                version: Self::VERSION,
+                ..Self::default()
+            });
         }
-        let text =
-            std::fs::read(path).with_context(|| format!("reading checkpoint `{}`", path.display()))?;
+        let text = std::fs::read(path)
+            .with_context(|| format!("reading checkpoint `{}`", path.display()))?;
         let checkpoint: Checkpoint = serde_json::from_slice(&text)
             .with_context(|| format!("checkpoint `{}` is corrupt", path.display()))?;
         if checkpoint.version != Self::VERSION {
@@ -52,6 +55,7 @@ impl Checkpoint {
 
     pub fn store(&self, path: &Path) -> Result<()> {
         let json = serde_json::to_vec(self)?;
-        write_atomic(path, &json).with_context(|| format!("writing checkpoint `{}`", path.display()))
+        write_atomic(path, &json)
+            .with_context(|| format!("writing checkpoint `{}`", path.display()))
     }
 }

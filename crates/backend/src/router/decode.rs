@@ -28,8 +28,16 @@ const MAX_DEPTH: usize = 256;
 /// One decoded event.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    Record { sec: i64, nsec: u32, metadata: Value, body: Value },
-    GroupStart { metadata: Value, body: Value },
+    Record {
+        sec: i64,
+        nsec: u32,
+        metadata: Value,
+        body: Value,
+    },
+    GroupStart {
+        metadata: Value,
+        body: Value,
+    },
     GroupEnd,
 }
 
@@ -58,7 +66,9 @@ fn timestamp(value: &Value) -> Result<(i64, u32), String> {
             let f = f64::from(*f);
             Ok((f.floor() as i64, ((f - f.floor()) * 1e9) as u32))
         }
-        other => Err(format!("timestamp is not an EventTime, integer or float: {other}")),
+        other => Err(format!(
+            "timestamp is not an EventTime, integer or float: {other}"
+        )),
     }
 }
 
@@ -67,7 +77,10 @@ fn event(value: Value) -> Result<Event, String> {
         return Err("event is not an array".into());
     };
     if parts.len() != 2 {
-        return Err(format!("event array has {} elements, expected 2", parts.len()));
+        return Err(format!(
+            "event array has {} elements, expected 2",
+            parts.len()
+        ));
     }
     let body = parts.pop().unwrap_or(Value::Nil);
     let header = parts.pop().unwrap_or(Value::Nil);
@@ -77,7 +90,9 @@ fn event(value: Value) -> Result<Event, String> {
             let ts = h.pop().unwrap_or(Value::Nil);
             (ts, metadata)
         }
-        Value::Array(h) => return Err(format!("event header has {} elements, expected 2", h.len())),
+        Value::Array(h) => {
+            return Err(format!("event header has {} elements, expected 2", h.len()));
+        }
         ts => (ts, Value::Map(Vec::new())),
     };
     if !matches!(metadata, Value::Map(_)) {
@@ -90,7 +105,12 @@ fn event(value: Value) -> Result<Event, String> {
     match sec {
         0xFFFF_FFFF | -1 => Ok(Event::GroupStart { metadata, body }),
         0xFFFF_FFFE | -2 => Ok(Event::GroupEnd),
-        _ => Ok(Event::Record { sec, nsec, metadata, body }),
+        _ => Ok(Event::Record {
+            sec,
+            nsec,
+            metadata,
+            body,
+        }),
     }
 }
 
@@ -101,7 +121,11 @@ pub fn decode_chunk(data: &[u8]) -> Result<Vec<Event>, DecodeError> {
     while (cursor.position() as usize) < data.len() {
         let offset = cursor.position();
         let index = events.len();
-        let fail = |reason: String| DecodeError { index, offset, reason };
+        let fail = |reason: String| DecodeError {
+            index,
+            offset,
+            reason,
+        };
         let value = rmpv::decode::read_value_with_max_depth(&mut cursor, MAX_DEPTH)
             .map_err(|e| fail(format!("not msgpack: {e}")))?;
         events.push(event(value).map_err(fail)?);
@@ -206,7 +230,12 @@ pub fn render(events: &[Event], origin: Origin<'_>, out: &mut Vec<u8>) -> usize 
         match event {
             Event::GroupStart { metadata, body } => group = Some((metadata, body)),
             Event::GroupEnd => group = None,
-            Event::Record { sec, nsec, metadata, body } => {
+            Event::Record {
+                sec,
+                nsec,
+                metadata,
+                body,
+            } => {
                 let output = Output {
                     time: rfc3339(*sec, *nsec),
                     tag: origin.tag,
@@ -214,7 +243,10 @@ pub fn render(events: &[Event], origin: Origin<'_>, out: &mut Vec<u8>) -> usize 
                     agent: origin.agent,
                     metadata: Json(metadata),
                     record: Json(body),
-                    group: group.map(|(m, b)| Group { metadata: Json(m), body: Json(b) }),
+                    group: group.map(|(m, b)| Group {
+                        metadata: Json(m),
+                        body: Json(b),
+                    }),
                 };
                 // Writing into a Vec cannot fail, and every value serialises.
                 let _ = serde_json::to_writer(&mut *out, &output);
@@ -245,27 +277,45 @@ mod tests {
     }
 
     fn map(pairs: &[(&str, Value)]) -> Value {
-        Value::Map(pairs.iter().map(|(k, v)| (Value::from(*k), v.clone())).collect())
+        Value::Map(
+            pairs
+                .iter()
+                .map(|(k, v)| (Value::from(*k), v.clone()))
+                .collect(),
+        )
     }
 
     #[test]
     fn v2_legacy_and_groups() {
         let chunk = encode(&[
             Value::Array(vec![
-                Value::Array(vec![event_time(0xFFFF_FFFF, 0), map(&[("schema", "otlp".into())])]),
+                Value::Array(vec![
+                    event_time(0xFFFF_FFFF, 0),
+                    map(&[("schema", "otlp".into())]),
+                ]),
                 map(&[("resource", map(&[]))]),
             ]),
             Value::Array(vec![
                 Value::Array(vec![event_time(1_700_000_000, 5), map(&[("m", 1.into())])]),
                 map(&[("log", "hi".into()), ("bin", Value::Binary(vec![0, 255]))]),
             ]),
-            Value::Array(vec![Value::Array(vec![event_time(0xFFFF_FFFE, 0), map(&[])]), map(&[])]),
-            Value::Array(vec![Value::from(1_700_000_001), map(&[("legacy", true.into())])]),
+            Value::Array(vec![
+                Value::Array(vec![event_time(0xFFFF_FFFE, 0), map(&[])]),
+                map(&[]),
+            ]),
+            Value::Array(vec![
+                Value::from(1_700_000_001),
+                map(&[("legacy", true.into())]),
+            ]),
         ]);
         let events = decode_chunk(&chunk).unwrap();
         assert_eq!(events.len(), 4);
         let mut out = Vec::new();
-        let origin = Origin { tag: "t", tenant: "acme", agent: "00ff" };
+        let origin = Origin {
+            tag: "t",
+            tenant: "acme",
+            agent: "00ff",
+        };
         assert_eq!(render(&events, origin, &mut out), 2);
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();

@@ -53,12 +53,16 @@ pub struct Destination {
 
 impl std::fmt::Debug for Destination {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Destination").field("name", &self.name).finish()
+        f.debug_struct("Destination")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
 fn now() -> String {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
     rfc3339(t.as_secs() as i64, t.subsec_nanos())
 }
 
@@ -66,7 +70,9 @@ impl Destination {
     /// Opens a destination: loads its checkpoint and truncates the sink and the
     /// dead-letter store back to it.
     pub fn open(name: &str, sink: Box<dyn Sink>, data_dir: &Path) -> Result<Self> {
-        let checkpoint_path = data_dir.join("router").join(format!("{name}.checkpoint.json"));
+        let checkpoint_path = data_dir
+            .join("router")
+            .join(format!("{name}.checkpoint.json"));
         let checkpoint = Checkpoint::load(&checkpoint_path)?;
         let dead = FileSet::new(data_dir.join("dead-letter").join(name), ".jsonl");
         let mut destination = Self {
@@ -78,7 +84,9 @@ impl Destination {
             lines: Vec::new(),
             stats: Arc::default(),
         };
-        destination.recover().with_context(|| format!("recovering destination `{name}`"))?;
+        destination
+            .recover()
+            .with_context(|| format!("recovering destination `{name}`"))?;
         info!(
             destination = name,
             kind = destination.sink.kind(),
@@ -116,7 +124,9 @@ impl Destination {
             }
             Err(e) => return Err(e).context("reading the buffer"),
         };
-        let Some(last) = records.last().map(|r| r.offset) else { return Ok(0) };
+        let Some(last) = records.last().map(|r| r.offset) else {
+            return Ok(0);
+        };
         let mut marks = self.checkpoint.marks.clone();
         let result = (|| -> Result<Checkpoint> {
             for record in &records {
@@ -157,7 +167,9 @@ impl Destination {
         let mark_key = format!("{}/{agent}", meta.tenant);
         let mark = marks.get(&mark_key).copied().unwrap_or(0);
         if meta.last_seq <= mark {
-            self.stats.duplicates_skipped.fetch_add(u64::from(meta.chunk_count), Ordering::Relaxed);
+            self.stats
+                .duplicates_skipped
+                .fetch_add(u64::from(meta.chunk_count), Ordering::Relaxed);
             return Ok(());
         }
         let base = json!({
@@ -188,11 +200,14 @@ impl Destination {
             Ok(payload) => payload,
             Err(reason) => {
                 warn!(destination = %self.name, offset = record.offset, "dead-lettering a batch: {reason}");
-                self.dead_letter(with(base, json!({
-                    "reason": reason,
-                    "seq_range": [meta.first_seq, meta.last_seq],
-                    "payload_b64": BASE64.encode(&record.payload),
-                })))?;
+                self.dead_letter(with(
+                    base,
+                    json!({
+                        "reason": reason,
+                        "seq_range": [meta.first_seq, meta.last_seq],
+                        "payload_b64": BASE64.encode(&record.payload),
+                    }),
+                ))?;
                 marks.insert(mark_key, meta.last_seq);
                 return Ok(());
             }
@@ -200,28 +215,38 @@ impl Destination {
         let mut delivered_to = mark;
         for chunk in &payload.chunks {
             if chunk.seq <= delivered_to {
-                self.stats.duplicates_skipped.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .duplicates_skipped
+                    .fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             match decode_chunk(&chunk.data) {
                 Ok(events) => {
                     self.lines.clear();
-                    let origin = Origin { tag: &chunk.tag, tenant: &meta.tenant, agent: &agent };
+                    let origin = Origin {
+                        tag: &chunk.tag,
+                        tenant: &meta.tenant,
+                        agent: &agent,
+                    };
                     let n = render(&events, origin, &mut self.lines);
                     if n > 0 {
-                        self.sink.write(&meta.tenant, &meta.access_key, &self.lines)?;
+                        self.sink
+                            .write(&meta.tenant, &meta.access_key, &self.lines)?;
                         self.stats.records.fetch_add(n as u64, Ordering::Relaxed);
                     }
                 }
                 Err(e) => {
                     let reason = format!("chunk does not decode: {e}");
                     warn!(destination = %self.name, seq = chunk.seq, tag = %chunk.tag, "dead-lettering: {reason}");
-                    self.dead_letter(with(base.clone(), json!({
-                        "reason": reason,
-                        "seq": chunk.seq,
-                        "tag": chunk.tag,
-                        "chunk_b64": BASE64.encode(&chunk.data),
-                    })))?;
+                    self.dead_letter(with(
+                        base.clone(),
+                        json!({
+                            "reason": reason,
+                            "seq": chunk.seq,
+                            "tag": chunk.tag,
+                            "chunk_b64": BASE64.encode(&chunk.data),
+                        }),
+                    ))?;
                 }
             }
             delivered_to = chunk.seq;
@@ -247,7 +272,9 @@ pub(super) async fn run(
         if *shutdown.borrow() {
             return;
         }
-        let Some(mut destination) = slot.take() else { return };
+        let Some(mut destination) = slot.take() else {
+            return;
+        };
         if *durable.borrow_and_update() <= destination.next_offset() {
             slot = Some(destination);
             tokio::select! {

@@ -75,7 +75,9 @@ async fn release_loop(
             _ = tokio::time::sleep(Duration::from_secs(2)) => {}
             _ = shutdown.wait_for(|down| *down) => return,
         }
-        let Some(low) = progress.iter().map(|p| p.load(Ordering::Acquire)).min() else { continue };
+        let Some(low) = progress.iter().map(|p| p.load(Ordering::Acquire)).min() else {
+            continue;
+        };
         if low <= released {
             continue;
         }

@@ -17,12 +17,16 @@ pub struct FileSink {
 
 impl FileSink {
     pub fn new(root: PathBuf) -> Self {
-        Self { files: FileSet::new(root, ".jsonl") }
+        Self {
+            files: FileSet::new(root, ".jsonl"),
+        }
     }
 
     /// The file records of this tenant's access key go to, relative to the root.
     pub fn relative_path(tenant: &str, access_key: &str) -> PathBuf {
-        Path::new(tenant).join(access_key).join(format!("{access_key}.jsonl"))
+        Path::new(tenant)
+            .join(access_key)
+            .join(format!("{access_key}.jsonl"))
     }
 }
 
@@ -36,7 +40,8 @@ impl Sink for FileSink {
     }
 
     fn write(&mut self, tenant: &str, access_key: &str, lines: &[u8]) -> Result<()> {
-        self.files.append(&Self::relative_path(tenant, access_key), lines)
+        self.files
+            .append(&Self::relative_path(tenant, access_key), lines)
     }
 
     fn commit(&mut self) -> Result<serde_json::Value> {

@@ -54,7 +54,13 @@ fn walk(dir: &Path, suffix: &str, out: &mut Vec<PathBuf>) -> std::io::Result<()>
 
 impl FileSet {
     pub fn new(root: PathBuf, suffix: &'static str) -> Self {
-        Self { root, suffix, files: HashMap::new(), committed: BTreeMap::new(), new_dirs: HashSet::new() }
+        Self {
+            root,
+            suffix,
+            files: HashMap::new(),
+            committed: BTreeMap::new(),
+            new_dirs: HashSet::new(),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -73,7 +79,11 @@ impl FileSet {
         walk(&self.root, self.suffix, &mut found)
             .with_context(|| format!("listing `{}`", self.root.display()))?;
         for path in found {
-            let relative = path.strip_prefix(&self.root).unwrap_or(&path).to_string_lossy().to_string();
+            let relative = path
+                .strip_prefix(&self.root)
+                .unwrap_or(&path)
+                .to_string_lossy()
+                .to_string();
             let keep = committed.get(&relative).copied().unwrap_or(0);
             let len = fs::metadata(&path)?.len();
             if len > keep {
@@ -123,9 +133,18 @@ impl FileSet {
                 self.new_dirs.insert(dir.to_path_buf());
             }
             let len = file.metadata()?.len();
-            self.files.insert(relative.to_path_buf(), Tracked { file, len, dirty: false });
+            self.files.insert(
+                relative.to_path_buf(),
+                Tracked {
+                    file,
+                    len,
+                    dirty: false,
+                },
+            );
         }
-        let Some(tracked) = self.files.get_mut(relative) else { unreachable!("inserted above") };
+        let Some(tracked) = self.files.get_mut(relative) else {
+            unreachable!("inserted above")
+        };
         tracked
             .file
             .write_all(bytes)
@@ -144,12 +163,15 @@ impl FileSet {
                 })?;
                 tracked.dirty = false;
             }
-            self.committed.insert(relative.to_string_lossy().to_string(), tracked.len);
+            self.committed
+                .insert(relative.to_string_lossy().to_string(), tracked.len);
         }
         for dir in self.new_dirs.drain() {
             sync_dir(&dir).with_context(|| format!("fsync of `{}`", dir.display()))?;
         }
-        if self.root.exists() && let Some(parent) = self.root.parent() {
+        if self.root.exists()
+            && let Some(parent) = self.root.parent()
+        {
             let _ = sync_dir(parent);
         }
         Ok(serde_json::to_value(&self.committed)?)

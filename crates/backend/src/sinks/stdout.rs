@@ -21,11 +21,17 @@ impl Sink for StdoutSink {
     }
 
     fn write(&mut self, _tenant: &str, _access_key: &str, lines: &[u8]) -> Result<()> {
-        std::io::stdout().lock().write_all(lines).context("writing to stdout")
+        std::io::stdout()
+            .lock()
+            .write_all(lines)
+            .context("writing to stdout")
     }
 
     fn commit(&mut self) -> Result<serde_json::Value> {
-        std::io::stdout().lock().flush().context("flushing stdout")?;
+        std::io::stdout()
+            .lock()
+            .flush()
+            .context("flushing stdout")?;
         Ok(serde_json::Value::Null)
     }
 }

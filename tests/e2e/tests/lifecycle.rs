@@ -1,0 +1,46 @@
+//! What Fluent Bit relies on before it `dlclose`s the plugin: once `FLBPluginExitCtx`
+//! has returned, no thread the plugin started is left. Its own process, so the thread
+//! list holds only this test's threads.
+
+use fluent_bit_sys::FLB_OK;
+use logferry_e2e::host::Host;
+use logferry_e2e::{fixtures, plugin_path};
+
+/// The names of this process's threads that the plugin's agent started.
+fn agent_threads() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .expect("/proc/self/task")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .filter(|name| name.starts_with("logferry"))
+        .collect()
+}
+
+#[test]
+fn exit_leaves_no_thread_behind() {
+    assert_eq!(agent_threads(), Vec::<String>::new());
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::load(&plugin_path()).unwrap();
+    let instance = host
+        .init(&[
+            ("endpoint", "http://127.0.0.1:1"),
+            ("access_key", "ak_e2e"),
+            ("access_token", "token-e2e"),
+            ("buffer.path", &dir.path().display().to_string()),
+        ])
+        .unwrap();
+    assert!(
+        !agent_threads().is_empty(),
+        "the agent runs its own threads"
+    );
+    for fixture in fixtures() {
+        assert_eq!(instance.flush(&fixture.tag, &fixture.chunk), FLB_OK);
+    }
+    assert_eq!(instance.exit(), FLB_OK);
+    assert_eq!(
+        agent_threads(),
+        Vec::<String>::new(),
+        "threads left after FLBPluginExitCtx"
+    );
+    host.unload().unwrap();
+}
