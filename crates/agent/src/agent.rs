@@ -123,10 +123,14 @@ impl Agent {
         let spool_config = SpoolConfig {
             dir: config.spool_dir.clone(),
             max_bytes: config.spool_max_bytes,
+            // Acked space is reclaimed a whole segment at a time, so a small spool needs
+            // small segments: at least four fit in `buffer.max_size`.
+            segment_bytes: (config.spool_max_bytes / 4).min(SpoolConfig::default().segment_bytes),
             sync: config.spool_sync,
             ..SpoolConfig::default()
         };
         let (spool, report) = Spool::open(spool_config)?;
+        // Damage found on open was already logged as a warning, place by place.
         info!(
             "spool {} opened for agent {}: {report}",
             config.spool_dir.display(),

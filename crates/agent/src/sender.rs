@@ -29,7 +29,7 @@ use tokio::time::{sleep, sleep_until, timeout};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Request, Status};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::backoff::Backoff;
 use crate::batch;
@@ -227,9 +227,27 @@ impl Stage {
         if self.carry.is_some() || self.bytes >= max_bytes {
             return Ok(());
         }
-        let entries = spool
-            .read_from(self.next_read, max_bytes - self.bytes)
-            .map_err(|e| SessionError::new(format!("reading the spool: {e}")))?;
+        let entries = match spool.read_from(self.next_read, max_bytes - self.bytes) {
+            Ok(entries) => entries,
+            Err(logferry_spool::Error::Corrupt {
+                seq: Some(seq),
+                path,
+                offset,
+                reason,
+            }) => {
+                // Nothing can be recovered from a damaged entry. It is skipped (seqs may
+                // have gaps) and released by the cumulative ack of a later batch, so
+                // the entries around it still go out.
+                error!(
+                    "spool entry seq {seq} in {} at offset {offset} is damaged ({reason}); \
+                     it is lost and skipped",
+                    path.display()
+                );
+                self.next_read = seq + 1;
+                return Ok(());
+            }
+            Err(e) => return Err(SessionError::new(format!("reading the spool: {e}"))),
+        };
         for entry in entries {
             self.next_read = entry.seq + 1;
             if !self.entries.is_empty() && self.bytes + entry.data.len() > max_bytes {
@@ -367,6 +385,13 @@ async fn session(
     let mut in_flight: VecDeque<(u64, Instant)> = VecDeque::new();
     loop {
         stage.fill(spool, settings.batch_max_bytes)?;
+        if stage.is_empty() && in_flight.is_empty() && stage.next_read - 1 > spool.acked_seq() {
+            // Everything below `next_read` is acked or was skipped as damaged; a skipped
+            // entry at the tail has no later batch whose ack would release it.
+            spool
+                .ack(stage.next_read - 1)
+                .map_err(|e| SessionError::new(format!("spool: {e}")))?;
+        }
         let draining = *drain.borrow();
         let ready = stage.ready(&settings, draining);
         if ready && in_flight.len() < config.window {

@@ -141,6 +141,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let (log, report) = tokio::task::spawn_blocking(move || EmbeddedLog::open(log_config))
         .await?
         .context("opening the buffer")?;
+    // Damage found on open was already logged as a warning, place by place.
     info!("buffer recovered: {report}");
     let log = Arc::new(log);
     let marks = Arc::new(Marks::load(&data.join("marks.json"), &log)?);

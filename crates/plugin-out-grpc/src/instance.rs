@@ -170,8 +170,9 @@ impl Instance {
                 .take();
             match agent {
                 Some(agent) => {
-                    let report = agent.shutdown(deadline);
-                    info!("stopped: {report}");
+                    // The agent logs its own shutdown report (drained, or what stays
+                    // spooled for the next start).
+                    let _report = agent.shutdown(deadline);
                     FLB_OK
                 }
                 None => {

@@ -141,7 +141,6 @@ impl Spool {
         }
         let (agent_id, created) = meta::load_or_create_agent_id(&dir, has_data)?;
         let rec = recover(&dir, &config, listing, created)?;
-        tracing::info!("spool {}: {}", dir.display(), rec.report);
         let used = rec.segments.iter().map(|s| s.disk_len).sum();
         let spool = Spool {
             agent_id,

@@ -5,11 +5,19 @@
 //! - [`fixtures_dir`], [`fixtures`]: the real Fluent Bit chunks in
 //!   `shared/fixtures/fluent-bit-chunks/`, read in place.
 //! - [`plugin_path`]: the `libout_logferry.so` of the build that runs the tests.
+//! - [`backend`]: a real `logferry serve` process, killed and restarted by the crash
+//!   tests, and readers for its file sink.
+//! - [`expected_records`]: what the file sink must hold for a fixture.
 //!
-//! The tests in `tests/` need the plugin built first: `cargo build --workspace`.
+//! The tests in `tests/` need the plugin and the `logferry` binary built first:
+//! `cargo build --workspace`.
 
 use std::path::{Path, PathBuf};
 
+use chrono::{DateTime, SecondsFormat};
+use serde_json::{Value, json};
+
+pub mod backend;
 pub mod host;
 
 /// The workspace root (the directory of the root `Cargo.toml`).
@@ -101,20 +109,77 @@ pub fn fixture(name: &str) -> Fixture {
 /// running test binary (`target/debug` for `target/debug/deps/plugin_abi-...`);
 /// `LOGFERRY_PLUGIN` overrides it.
 pub fn plugin_path() -> PathBuf {
-    const FILE: &str = "libout_logferry.so";
-    if let Some(path) = std::env::var_os("LOGFERRY_PLUGIN") {
+    built_artifact("libout_logferry.so", "LOGFERRY_PLUGIN")
+}
+
+/// `file` next to the running executable or in one of its parents (the target profile
+/// directory), unless the variable `env` names it.
+pub(crate) fn built_artifact(file: &str, env: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(env) {
         return PathBuf::from(path);
     }
     let exe = std::env::current_exe().expect("the test binary's path");
     exe.ancestors()
         .skip(1)
-        .map(|dir| dir.join(FILE))
+        .map(|dir| dir.join(file))
         .find(|candidate| candidate.is_file())
         .unwrap_or_else(|| {
             panic!(
-                "{FILE} not found next to {} or its parents: run `cargo build --workspace` \
-                 (same profile and CARGO_TARGET_DIR as the tests) first, or set LOGFERRY_PLUGIN",
+                "{file} not found next to {} or its parents: run `cargo build --workspace` \
+                 (same profile and CARGO_TARGET_DIR as the tests) first, or set {env}",
                 exe.display()
             )
         })
+}
+
+/// The records the file sink must write for `fixture` flushed with `tag`, in order:
+/// one per `kind=record` event of its `.expected.jsonl`, as
+/// `{"time", "tag", "metadata", "record"}` plus `"group": {"metadata", "body"}` for a
+/// record inside an OpenTelemetry group. `tenant` and `agent` are left to the caller.
+///
+/// Built independently of the backend's decoder, from the JSON that the fixture's
+/// capture wrote, so a decoding mistake cannot hide in both.
+pub fn expected_records(fixture: &Fixture, tag: &str) -> Vec<Value> {
+    let text = std::fs::read_to_string(&fixture.expected_jsonl)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", fixture.expected_jsonl.display()));
+    let mut group: Option<Value> = None;
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let event: Value = serde_json::from_str(line).expect("fixture JSON");
+        match event["kind"].as_str() {
+            Some("group_start") => {
+                group = Some(json!({"metadata": event["metadata"], "body": event["body"]}));
+            }
+            Some("group_end") => group = None,
+            Some("record") => {
+                let sec = event["ts_sec"].as_i64().expect("ts_sec");
+                let nsec = event["ts_nsec"].as_u64().expect("ts_nsec") as u32;
+                let time = DateTime::from_timestamp(sec, nsec)
+                    .expect("a representable time")
+                    .to_rfc3339_opts(SecondsFormat::Nanos, true);
+                let mut record = json!({
+                    "time": time,
+                    "tag": tag,
+                    "metadata": event["metadata"],
+                    "record": event["body"],
+                });
+                if let Some(group) = &group {
+                    record["group"] = group.clone();
+                }
+                out.push(record);
+            }
+            other => panic!("unknown event kind {other:?} in {}", fixture.name),
+        }
+    }
+    out
+}
+
+/// `record` without the fields [`expected_records`] leaves out (`tenant`, `agent`).
+pub fn without_origin(record: &Value) -> Value {
+    let mut record = record.clone();
+    if let Some(map) = record.as_object_mut() {
+        map.remove("tenant");
+        map.remove("agent");
+    }
+    record
 }

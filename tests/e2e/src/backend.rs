@@ -1,0 +1,253 @@
+//! A real `logferry serve` process for end-to-end tests: started on a data dir, read
+//! for its credentials, killed with SIGKILL or stopped with SIGTERM, restarted on the
+//! same dir and port.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long a backend gets to print that it listens.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The `logferry` binary of the build that runs the tests, found like
+/// [`crate::plugin_path`]; `LOGFERRY_BIN` overrides it.
+pub fn backend_bin() -> PathBuf {
+    crate::built_artifact("logferry", "LOGFERRY_BIN")
+}
+
+/// A loopback port that was free a moment ago, so a backend can be restarted on the
+/// same endpoint.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// The agent credentials `logferry serve` writes to `dev-credentials.env`.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub endpoint: String,
+    pub access_key: String,
+    pub access_token: String,
+    pub ca_file: String,
+}
+
+impl Credentials {
+    /// Plugin properties for these credentials and a spool at `buffer_path`.
+    pub fn plugin_properties(&self, buffer_path: &Path) -> Vec<(String, String)> {
+        vec![
+            ("endpoint".into(), self.endpoint.clone()),
+            ("access_key".into(), self.access_key.clone()),
+            ("access_token".into(), self.access_token.clone()),
+            ("tls.ca_file".into(), self.ca_file.clone()),
+            ("buffer.path".into(), buffer_path.display().to_string()),
+            ("batch.max_delay".into(), "5ms".into()),
+        ]
+    }
+}
+
+/// A running `logferry serve`.
+pub struct Backend {
+    pub data_dir: PathBuf,
+    pub addr: SocketAddr,
+    child: Option<Child>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Backend {
+    /// Starts `logferry serve --data-dir DIR --listen 127.0.0.1:PORT EXTRA...` and waits
+    /// until it listens.
+    pub fn start(data_dir: &Path, port: u16, extra: &[&str]) -> Backend {
+        let mut child = Command::new(backend_bin())
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn logferry serve");
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let pipe = child.stderr.take().expect("stderr piped");
+        let lines = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.strip_prefix("logferry: listening on ") {
+                    let addr = rest.split_whitespace().next().unwrap_or_default();
+                    let _ = ready_tx.send(addr.parse::<SocketAddr>().ok());
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let addr = match ready_rx.recv_timeout(START_TIMEOUT) {
+            Ok(Some(addr)) => addr,
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "logferry serve did not start; its stderr:\n{}",
+                    stderr.lock().unwrap().join("\n")
+                );
+            }
+        };
+        Backend {
+            data_dir: data_dir.to_path_buf(),
+            addr,
+            child: Some(child),
+            stderr,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Reads `dev-credentials.env`.
+    pub fn credentials(&self) -> Credentials {
+        let path = self.data_dir.join("dev-credentials.env");
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        let vars: BTreeMap<&str, &str> = text
+            .lines()
+            .filter_map(|line| line.split_once('='))
+            .collect();
+        let var = |name: &str| {
+            vars.get(name)
+                .unwrap_or_else(|| panic!("{name} missing from {}", path.display()))
+                .to_string()
+        };
+        Credentials {
+            endpoint: var("LOGFERRY_ENDPOINT"),
+            access_key: var("LOGFERRY_ACCESS_KEY"),
+            access_token: var("LOGFERRY_ACCESS_TOKEN"),
+            ca_file: var("LOGFERRY_CA_FILE"),
+        }
+    }
+
+    /// Every stderr line so far.
+    pub fn stderr(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// SIGKILL: no shutdown path runs.
+    pub fn kill(mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL logferry serve");
+            child.wait().expect("reap logferry serve");
+        }
+    }
+
+    /// SIGTERM, then waits for a clean exit and returns its stderr.
+    pub fn stop(mut self) -> Vec<String> {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: `kill` has no memory-safety preconditions; the pid is our own child,
+        // not yet reaped, so it cannot name another process.
+        let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(rc, 0, "SIGTERM logferry serve");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                assert!(status.success(), "logferry serve exited with {status}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "logferry serve ignored SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The reader thread sees EOF once the process is gone.
+        std::thread::sleep(Duration::from_millis(50));
+        self.stderr()
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Every JSON line in the `.jsonl` files under `dir`, recursively, parsed.
+pub fn read_jsonl_tree(dir: &Path) -> Vec<serde_json::Value> {
+    let mut files = Vec::new();
+    collect_files(dir, &mut files);
+    files.sort();
+    let mut out = Vec::new();
+    for file in files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "jsonl"))
+    {
+        let text = std::fs::read_to_string(file)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()));
+        for (n, line) in text.lines().enumerate() {
+            let value = serde_json::from_str(line).unwrap_or_else(|e| {
+                panic!(
+                    "{} line {}: not JSON ({e}): {line:?}",
+                    file.display(),
+                    n + 1
+                )
+            });
+            out.push(value);
+        }
+    }
+    out
+}
+
+/// Counts lines of the `.jsonl` files under `dir` without parsing them.
+pub fn count_jsonl_lines(dir: &Path) -> usize {
+    let mut files = Vec::new();
+    collect_files(dir, &mut files);
+    files
+        .iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "jsonl"))
+        .filter_map(|f| std::fs::read(f).ok())
+        .map(|bytes| bytes.iter().filter(|&&b| b == b'\n').count())
+        .sum()
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            collect_files(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+/// Polls until the file sink under `data_dir/files` holds at least `n` lines, and
+/// then a little longer to catch any extra (duplicate) line. Panics after `timeout`
+/// with the count it saw.
+pub fn wait_for_lines(data_dir: &Path, n: usize, timeout: Duration) -> usize {
+    let files = data_dir.join("files");
+    let deadline = Instant::now() + timeout;
+    loop {
+        let count = count_jsonl_lines(&files);
+        if count >= n {
+            std::thread::sleep(Duration::from_millis(300));
+            return count_jsonl_lines(&files);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the file sink holds {count} of {n} lines after {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

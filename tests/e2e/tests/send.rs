@@ -1,0 +1,88 @@
+//! `logferry send`: lines in, the same lines out of the file sink, exit status 0 only
+//! when every line is acked.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use logferry_e2e::backend::{Backend, backend_bin, free_port, read_jsonl_tree, wait_for_lines};
+
+#[test]
+fn send_ships_every_line_once_and_exits_zero() {
+    let data = tempfile::tempdir().unwrap();
+    let backend = Backend::start(data.path(), 0, &[]);
+    let lines: Vec<String> = (0..50_000)
+        .map(|n| format!("line {n} \u{e9}t\u{e9} \"quoted\" \\ tab\tend"))
+        .collect();
+    let mut child = Command::new(backend_bin())
+        .args(["send", "-", "--tag", "app.send", "--chunk-bytes", "256K"])
+        .envs(credentials_env(&backend))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for line in &lines {
+        writeln!(stdin, "{line}").unwrap();
+    }
+    drop(stdin);
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "send failed: {stderr}");
+    assert!(
+        stderr.contains("50000 lines in"),
+        "a summary line on stderr: {stderr}"
+    );
+    // Acked means durable in the buffer; the router writes the files right after.
+    assert_eq!(
+        wait_for_lines(data.path(), lines.len(), Duration::from_secs(30)),
+        lines.len()
+    );
+    let records = read_jsonl_tree(&data.path().join("files"));
+    let got: Vec<&str> = records
+        .iter()
+        .map(|r| r["record"]["log"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, lines.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(records.iter().all(|r| r["tag"] == "app.send"));
+    backend.stop();
+}
+
+#[test]
+fn send_fails_when_nothing_can_be_acked_in_time() {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let backend = Backend::start(data.path(), port, &[]);
+    let env = credentials_env(&backend);
+    backend.stop();
+    let output = Command::new(backend_bin())
+        .args(["send", "-", "--timeout", "3s"])
+        .envs(env)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().unwrap().write_all(b"one\ntwo\n")?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "send must fail: {stderr}");
+    assert!(
+        stderr.contains("not acked") || stderr.contains("unacked"),
+        "the error says what is missing: {stderr}"
+    );
+}
+
+fn credentials_env(backend: &Backend) -> Vec<(String, String)> {
+    let credentials = backend.credentials();
+    vec![
+        ("LOGFERRY_ENDPOINT".into(), credentials.endpoint),
+        ("LOGFERRY_ACCESS_KEY".into(), credentials.access_key),
+        ("LOGFERRY_ACCESS_TOKEN".into(), credentials.access_token),
+        ("LOGFERRY_CA_FILE".into(), credentials.ca_file),
+        ("NO_COLOR".into(), "1".into()),
+    ]
+}
