@@ -241,11 +241,7 @@ impl Agent {
             last_seq: spool.last_seq(),
             elapsed: started.elapsed(),
         };
-        if report.drained {
-            info!("{report}");
-        } else {
-            warn!("{report}");
-        }
+        // The caller logs the report: it knows its own context (plugin instance, CLI).
         report
     }
 }

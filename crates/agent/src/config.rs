@@ -289,12 +289,35 @@ fn parse_compression(property: &'static str, value: &str) -> Result<Compression,
     }
 }
 
+/// Other names for properties Fluent Bit keeps to itself: it claims `tls.ca_file`,
+/// `tls.crt_file`, `tls.key_file` and `tls.verify` as settings of its own TLS layer and
+/// never hands them to a proxy plugin. In a Fluent Bit config the second name must be
+/// used; the first still works where the host passes it (`logferry send`, tests).
+pub const ALIASES: &[(&str, &str)] = &[
+    ("tls.ca_file", "tls_ca_file"),
+    ("tls.crt_file", "tls_crt_file"),
+    ("tls.key_file", "tls_key_file"),
+    ("tls.verify", "tls_verify"),
+    ("tls.server_name", "tls_server_name"),
+];
+
+/// The alias of property `name`, if it has one.
+pub fn alias_of(name: &str) -> Option<&'static str> {
+    ALIASES
+        .iter()
+        .find(|(property, _)| *property == name)
+        .map(|(_, alias)| *alias)
+}
+
 impl AgentConfig {
     /// Builds the config from properties. `get` returns a property's value, or `None`
     /// when it is not set (Fluent Bit's `output_get_property`). Keys are the names in
     /// [`PROPERTIES`]. An empty value counts as unset.
     pub fn from_properties(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let get = |name: &str| get(name).filter(|v| !v.trim().is_empty());
+        let get = |name: &str| {
+            let set = |key: &str| get(key).filter(|v| !v.trim().is_empty());
+            set(name).or_else(|| alias_of(name).and_then(set))
+        };
 
         let endpoint = get("endpoint")
             .ok_or_else(|| invalid("endpoint", "is required: the backend's host:port"))?;
@@ -466,6 +489,21 @@ mod tests {
         assert_eq!(c.batch_max_delay, Duration::from_millis(50));
         assert_eq!(c.compression, Compression::Zstd);
         assert_eq!(c.explicit, ExplicitSettings::default());
+    }
+
+    #[test]
+    fn tls_settings_read_under_the_names_fluent_bit_passes_on() {
+        let mut p = BASE.to_vec();
+        p.extend([
+            ("tls_verify", "off"),
+            ("tls_server_name", "backend.internal"),
+        ]);
+        let c = AgentConfig::from_properties(props(&p)).unwrap();
+        assert!(!c.tls.verify);
+        assert_eq!(c.tls.server_name.as_deref(), Some("backend.internal"));
+        // The dotted name wins where the host passes both.
+        p.push(("tls.verify", "on"));
+        assert!(AgentConfig::from_properties(props(&p)).unwrap().tls.verify);
     }
 
     #[test]

@@ -17,6 +17,6 @@ pub mod sender;
 pub mod transport;
 
 pub use agent::{Agent, AgentHooks, AgentStats, FlushOutcome, ShutdownReport};
-pub use config::{AgentConfig, ConfigError, PROPERTIES, Property};
+pub use config::{ALIASES, AgentConfig, ConfigError, PROPERTIES, Property};
 pub use error::{Error, Result};
 pub use logferry_spool as spool;

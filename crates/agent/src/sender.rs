@@ -81,7 +81,7 @@ impl Settings {
                 s.batch_max_delay = Duration::from_millis(remote.batch_max_delay_ms.into());
             }
             if !config.explicit.compression
-                && let Ok(c) = Compression::try_from(remote.compression)
+                && let Some(Ok(c)) = remote.compression.map(Compression::try_from)
             {
                 s.compression = c;
             }

@@ -58,7 +58,13 @@ pub struct ServeArgs {
     #[arg(long, env = "LOGFERRY_BUFFER_MAX_SIZE", default_value = "8G", value_parser = parse_size)]
     pub buffer_max_size: u64,
     /// fsync the buffer before acking agents (`on`/`off`). `off` is for benchmarks.
-    #[arg(long, env = "LOGFERRY_BUFFER_SYNC", default_value = "on", value_parser = parse_on_off)]
+    #[arg(
+        long,
+        env = "LOGFERRY_BUFFER_SYNC",
+        default_value = "on",
+        value_parser = parse_on_off,
+        action = clap::ArgAction::Set
+    )]
     pub buffer_sync: bool,
     /// Lifetime of the development token written to dev-credentials.env.
     #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
@@ -94,22 +100,18 @@ pub fn load_registry(data_dir: &Path, tenants: Option<&Path>) -> Result<(Registr
     Ok((registry, true))
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => return std::future::pending().await,
-            };
+/// Registers SIGINT and SIGTERM handlers now, so a signal that comes right after
+/// startup is not lost, and returns a future that resolves on the first of them.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    Ok(async move {
         tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    })
 }
 
 pub async fn run(args: ServeArgs) -> Result<()> {
@@ -187,6 +189,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             args.dev_token_ttl,
         )?;
     }
+    let signals = shutdown_signal()?;
     eprintln!(
         "logferry: listening on {local} ({})",
         if pki.is_some() { "TLS" } else { "plaintext" }
@@ -204,7 +207,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let shutdown_requested = async move {
-        shutdown_signal().await;
+        signals.await;
         info!("shutting down: closing streams, finishing the router's current step");
         let _ = shutdown_tx.send(true);
     };
@@ -259,7 +262,7 @@ fn write_dev_credentials(
          export LOGFERRY_SPOOL_DIR={}\n  \
          fluent-bit -e target/release/libout_logferry.so -c fluent-bit-conf/fluent-bit.conf\n\n\
          or ship a file without Fluent Bit:\n\n  \
-         logferry send /var/log/syslog --tag host.syslog   (after sourcing the same file)\n",
+         target/release/logferry send FILE --tag host.logs   (after sourcing the same file)\n",
         tenant.name,
         key.key,
         absolute(&path).display(),

@@ -202,11 +202,11 @@ fn agent_config(tenant: &str, spec: Option<&AgentSpec>) -> Result<AgentConfig> {
         config.batch_max_delay_ms = delay.as_millis().try_into().unwrap_or(u32::MAX);
     }
     if let Some(compress) = &spec.compress {
-        config.compression = match compress.as_str() {
+        config.compression = Some(match compress.as_str() {
             "zstd" => Compression::Zstd as i32,
             "none" => Compression::None as i32,
             other => bail!("compress: expected zstd or none, got `{other}`"),
-        };
+        });
     }
     Ok(config)
 }
@@ -241,9 +241,14 @@ tenants:
         let c = r.agent_config("acme");
         assert_eq!(
             (c.batch_max_bytes, c.batch_max_delay_ms, c.compression),
-            (1 << 20, 20, 0)
+            (1 << 20, 20, Some(0))
         );
         assert_eq!(r.agent_config("globex").batch_max_bytes, 0);
+        assert_eq!(
+            r.agent_config("globex").compression,
+            None,
+            "the agent keeps its own"
+        );
         let again = Registry::parse(&r.to_yaml().unwrap()).unwrap();
         assert_eq!(again.file(), r.file());
     }

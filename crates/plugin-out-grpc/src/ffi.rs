@@ -24,7 +24,7 @@ use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 
 use fluent_bit_sys::{
-    FLB_ERROR, FLB_LOG_ERROR, FLB_LOG_INFO, FLB_PROXY_EVENT_LOGS, FLB_PROXY_GOLANG,
+    FLB_ERROR, FLB_LOG_ERROR, FLB_LOG_INFO, FLB_OK, FLB_PROXY_EVENT_LOGS, FLB_PROXY_GOLANG,
     FLB_PROXY_OUTPUT_PLUGIN, FLB_RETRY, flb_api, flb_plugin_proxy_context, flb_plugin_proxy_def,
     flbgo_output_plugin,
 };
@@ -288,7 +288,11 @@ pub unsafe extern "C" fn FLBPluginExitCtx(remote_ctx: *mut c_void) -> c_int {
         EXIT_FAILED,
         &through(instance.as_deref()),
         || {
-            let instance = instance.as_ref().ok_or("no instance context")?;
+            // Fluent Bit calls exit for an instance whose init failed (or never ran
+            // when it aborts at startup): there is nothing to stop.
+            let Some(instance) = instance.as_ref() else {
+                return Ok(FLB_OK);
+            };
             registry::remove(instance);
             Ok(instance.exit(EXIT_DEADLINE))
         },

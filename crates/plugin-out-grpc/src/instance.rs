@@ -11,7 +11,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use fluent_bit_sys::{FLB_OK, FLB_RETRY};
-use logferry_agent::{Agent, AgentConfig, AgentHooks, FlushOutcome, PROPERTIES};
+use logferry_agent::{ALIASES, Agent, AgentConfig, AgentHooks, FlushOutcome, PROPERTIES};
 use tracing::{Dispatch, debug, error, info, trace, warn};
 
 use crate::logging::{self, HostLog, Logger};
@@ -32,7 +32,10 @@ impl Properties {
     /// Reads every property the agent knows with `get` (Fluent Bit's
     /// `output_get_property`); `None` means unset.
     pub(crate) fn read(mut get: impl FnMut(&str) -> Option<String>) -> Self {
-        let keys = PROPERTIES.iter().map(|property| property.name);
+        let keys = PROPERTIES
+            .iter()
+            .map(|property| property.name)
+            .chain(ALIASES.iter().map(|(_, alias)| *alias));
         #[cfg(debug_assertions)]
         let keys = keys.chain([TEST_PANIC]);
         Self(keys.filter_map(|key| Some((key, get(key)?))).collect())
@@ -170,9 +173,12 @@ impl Instance {
                 .take();
             match agent {
                 Some(agent) => {
-                    // The agent logs its own shutdown report (drained, or what stays
-                    // spooled for the next start).
-                    let _report = agent.shutdown(deadline);
+                    let report = agent.shutdown(deadline);
+                    if report.drained {
+                        info!("stopped: {report}");
+                    } else {
+                        warn!("stopped: {report}");
+                    }
                     FLB_OK
                 }
                 None => {
@@ -233,7 +239,11 @@ mod tests {
             asked.push(key.to_string());
             None
         });
-        let expected: Vec<&str> = PROPERTIES.iter().map(|p| p.name).collect();
+        let expected: Vec<&str> = PROPERTIES
+            .iter()
+            .map(|p| p.name)
+            .chain(ALIASES.iter().map(|(_, alias)| *alias))
+            .collect();
         assert_eq!(&asked[..expected.len()], expected.as_slice());
         #[cfg(debug_assertions)]
         assert_eq!(asked[expected.len()..], [TEST_PANIC.to_string()]);

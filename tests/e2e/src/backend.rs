@@ -56,6 +56,7 @@ pub struct Backend {
     pub addr: SocketAddr,
     child: Option<Child>,
     stderr: Arc<Mutex<Vec<String>>>,
+    stdout: Arc<Mutex<Vec<String>>>,
 }
 
 impl Backend {
@@ -72,11 +73,20 @@ impl Backend {
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn logferry serve");
         let stderr = Arc::new(Mutex::new(Vec::new()));
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let out = child.stdout.take().expect("stdout piped");
+        let out_lines = stdout.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                out_lines.lock().unwrap().push(line);
+            }
+        });
         let (ready_tx, ready_rx) = mpsc::channel();
         let pipe = child.stderr.take().expect("stderr piped");
         let lines = stderr.clone();
@@ -106,6 +116,7 @@ impl Backend {
             addr,
             child: Some(child),
             stderr,
+            stdout,
         }
     }
 
@@ -139,6 +150,11 @@ impl Backend {
     /// Every stderr line so far.
     pub fn stderr(&self) -> Vec<String> {
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// Every stdout line so far (the stdout sink's records with `--print-events`).
+    pub fn stdout(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
     }
 
     /// SIGKILL: no shutdown path runs.

@@ -75,19 +75,27 @@ fn a_torn_spool_tail_loses_only_the_entry_that_was_never_acknowledged() {
         .find(|l| l.text().contains("torn tail") && l.text().contains("seq 3 lost"))
         .unwrap_or_else(|| panic!("no log line about the torn tail: {opened:#?}"));
     assert_eq!(warning.level, log::Level::Warn, "{warning}");
+    // Seq 3 is gone for good: this chunk gets seq 4 and may share a batch with 1 and 2.
+    let lines = fixture("tail-raw-lines");
+    assert_eq!(instance.flush("after", &lines.chunk), FLB_OK);
     assert_eq!(instance.exit(), FLB_OK);
     host.unload().unwrap();
 
-    let expected = expected_records(&small, "kept.0").len() * 2;
+    let expected =
+        expected_records(&small, "kept.0").len() * 2 + expected_records(&lines, "after").len();
     assert_eq!(
         wait_for_lines(data.path(), expected, Duration::from_secs(30)),
         expected
     );
     let by_tag = records_by_tag(data.path());
-    assert_eq!(by_tag.keys().collect::<Vec<_>>(), ["kept.0", "kept.1"]);
+    assert_eq!(
+        by_tag.keys().collect::<Vec<_>>(),
+        ["after", "kept.0", "kept.1"]
+    );
     for tag in ["kept.0", "kept.1"] {
         assert!(by_tag[tag] == expected_records(&small, tag), "{tag}");
     }
+    assert!(by_tag["after"] == expected_records(&lines, "after"));
     backend.stop();
 }
 

@@ -29,10 +29,15 @@ fn exit_leaves_no_thread_behind() {
             ("buffer.path", &dir.path().display().to_string()),
         ])
         .unwrap();
-    assert!(
-        !agent_threads().is_empty(),
-        "the agent runs its own threads"
-    );
+    // A new thread names itself once it runs, which may be a moment after init.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while agent_threads().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent runs its own threads"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     for fixture in fixtures() {
         assert_eq!(instance.flush(&fixture.tag, &fixture.chunk), FLB_OK);
     }

@@ -86,3 +86,67 @@ fn credentials_env(backend: &Backend) -> Vec<(String, String)> {
         ("NO_COLOR".into(), "1".into()),
     ]
 }
+
+#[test]
+fn token_issue_signs_a_working_token_and_print_events_echoes_records() {
+    let data = tempfile::tempdir().unwrap();
+    let backend = Backend::start(data.path(), 0, &["--print-events"]);
+    let mut env = credentials_env(&backend);
+    let access_key = backend.credentials().access_key;
+
+    let issue = |key: &str| {
+        Command::new(backend_bin())
+            .args(["token", "issue", "--ttl", "1h", "--access-key", key])
+            .arg("--data-dir")
+            .arg(data.path())
+            .output()
+            .unwrap()
+    };
+    let unknown = issue("ak_nobody");
+    assert!(!unknown.status.success());
+    let message = String::from_utf8_lossy(&unknown.stderr);
+    assert!(message.contains("ak_nobody"), "names the key: {message}");
+
+    let issued = issue(&access_key);
+    assert!(
+        issued.status.success(),
+        "{}",
+        String::from_utf8_lossy(&issued.stderr)
+    );
+    let token = String::from_utf8(issued.stdout).unwrap().trim().to_string();
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    env.retain(|(k, _)| k != "LOGFERRY_ACCESS_TOKEN");
+    env.push(("LOGFERRY_ACCESS_TOKEN".into(), token));
+
+    let output = Command::new(backend_bin())
+        .args(["send", "-", "--tag", "t.token"])
+        .envs(env)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            child.stdin.take().unwrap().write_all(b"first\nsecond\n")?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(wait_for_lines(data.path(), 2, Duration::from_secs(30)), 2);
+    let files = read_jsonl_tree(&data.path().join("files"));
+    // The stdout sink runs independently; give it the same moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while backend.stdout().len() < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let printed: Vec<serde_json::Value> = backend
+        .stdout()
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(printed, files, "--print-events prints the same records");
+    backend.stop();
+}
