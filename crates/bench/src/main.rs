@@ -1,1 +1,275 @@
-fn main() {}
+//! `logferry-bench`: throughput, latency, CPU and RSS figures for this machine, each
+//! next to a baseline measured in the same run on the same bytes.
+//!
+//! Scenarios (`--only` picks some):
+//! - [`flush`]: one `FLBPluginFlushCtx` through the real plugin vs copying the chunk;
+//! - [`end_to_end`] (`agent`): the agent streaming to a real `logferry serve`;
+//! - [`disk`]: fsync'd sequential writes of the same bytes, the disk limit;
+//! - [`transport`]: a TLS gRPC stream to a discarding server, the transport limit.
+//!
+//! Build first, in one target dir, so the plugin and backend sit beside the bench:
+//! `cargo build --release -p logferry-bench -p logferry-backend -p plugin-out-grpc`,
+//! then `cargo run --release -p logferry-bench`.
+
+mod backend;
+mod disk;
+mod end_to_end;
+mod fixture;
+mod flush;
+mod measure;
+mod report;
+mod transport;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, ValueEnum};
+
+use crate::fixture::BenchChunk;
+use crate::report::Table;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "logferry-bench",
+    about = "Benchmarks logferry on this machine, with baselines from the same run."
+)]
+struct Cli {
+    /// Raw chunk bytes, in MB, that each throughput scenario (agent, disk, transport)
+    /// sends, in whole copies of the 2.2 MB fixture chunk.
+    #[arg(long, default_value_t = 1000)]
+    total_mb: u64,
+    /// Flushes (and copies) per row of the flush scenario.
+    #[arg(long, default_value_t = 200)]
+    iterations: usize,
+    /// Run only these scenarios (repeat the flag, or separate with commas).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Scenario>,
+    /// The `logferry` binary. Default: `logferry` beside this binary.
+    #[arg(long)]
+    backend_bin: Option<PathBuf>,
+    /// The plugin, `libout_logferry.so`. Default: beside this binary.
+    #[arg(long, env = "LOGFERRY_PLUGIN")]
+    plugin: Option<PathBuf>,
+    /// Where spools, the backend's data and scratch files go (in a fresh temporary
+    /// directory, removed afterwards). Default: the system's temp dir.
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// How long to wait, after the last ack, for the backend's file sink to hold every
+    /// record; 0 does not wait.
+    #[arg(long, default_value_t = 90)]
+    router_wait_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Scenario {
+    /// Plugin flush cost vs memcpy.
+    Flush,
+    /// Agent -> backend throughput and CPU.
+    Agent,
+    /// fsync'd sequential writes: the disk limit.
+    Disk,
+    /// TLS gRPC to a discarding server: the transport limit.
+    Transport,
+}
+
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("logferry-bench: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let wanted = |scenario| cli.only.is_empty() || cli.only.contains(&scenario);
+    let total_bytes = cli.total_mb * 1_000_000;
+    let large = BenchChunk::load(fixture::LARGE)?;
+    let plugin = wanted(Scenario::Flush)
+        .then(|| {
+            beside_this_binary(
+                cli.plugin.as_deref(),
+                "libout_logferry.so",
+                "plugin-out-grpc",
+            )
+        })
+        .transpose()?;
+    let backend_bin = wanted(Scenario::Agent)
+        .then(|| beside_this_binary(cli.backend_bin.as_deref(), "logferry", "logferry-backend"))
+        .transpose()?;
+    let parent = cli.work_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let work = tempfile::Builder::new()
+        .prefix("logferry-bench-")
+        .tempdir_in(&parent)
+        .with_context(|| format!("creating a work dir in {}", parent.display()))?;
+    let started = Instant::now();
+
+    println!("logferry bench");
+    println!(
+        "  machine: {}, kernel {}",
+        measure::cpu_summary(),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map_or_else(|_| "unknown".to_string(), |r| r.trim().to_string())
+    );
+    println!(
+        "  work dir: {} (all files written there)",
+        work.path().display()
+    );
+    println!(
+        "  chunk: {} ({}, {} records, tag {}); MB = 10^6 bytes",
+        large.name,
+        report::bytes(large.len() as u64),
+        large.records,
+        large.tag
+    );
+    println!();
+
+    let mut flush_results = None;
+    if let Some(plugin) = &plugin {
+        eprintln!("logferry-bench: flush ...");
+        let mut chunks = vec![large.clone()];
+        for name in fixture::SMALL {
+            chunks.push(BenchChunk::load(name)?);
+        }
+        let results = flush::run(plugin, work.path(), &chunks, cli.iterations)?;
+        results.print();
+        println!();
+        flush_results = Some(results);
+    }
+    let mut disk_results = None;
+    if wanted(Scenario::Disk) {
+        eprintln!("logferry-bench: disk ...");
+        let results = disk::run(work.path(), &large, total_bytes)?;
+        results.print();
+        println!();
+        disk_results = Some(results);
+    }
+    let mut transport_run = None;
+    if wanted(Scenario::Transport) {
+        eprintln!("logferry-bench: transport ...");
+        let run = transport::run(work.path(), &large, total_bytes)?;
+        run.print();
+        println!();
+        transport_run = Some(run);
+    }
+    let mut end_to_end = None;
+    if let Some(backend_bin) = &backend_bin {
+        eprintln!("logferry-bench: agent -> backend ...");
+        let run = end_to_end::run(
+            backend_bin,
+            work.path(),
+            &large,
+            total_bytes,
+            Duration::from_secs(cli.router_wait_secs),
+        )?;
+        run.print();
+        println!();
+        end_to_end = Some(run);
+    }
+
+    println!("Summary (ratios of figures from this run)");
+    let mut table = Table::new(&["ratio", "value", "from"]).left_aligned();
+    if let Some(flush) = &flush_results {
+        let pairs = [
+            (flush::SYNC_OFF, flush::COPY_WARM, "target <= 2x"),
+            (flush::SYNC_OFF, flush::COPY_VEC, "target <= 2x"),
+            (flush::SYNC_OFF, flush::WRITE, "the OS floor"),
+            (flush::SYNC_ON, flush::WRITE_SYNC, "the OS floor"),
+        ];
+        for (case, baseline, note) in pairs {
+            let mean = flush.ratio(case, baseline, &large.name);
+            let p50 = flush.ratio_by(case, baseline, &large.name, |s| s.percentile(50.0));
+            if let (Some(mean), Some(p50)) = (mean, p50) {
+                table.row(vec![
+                    format!("{case} / {baseline}, {}", report::bytes(large.len() as u64)),
+                    report::ratio(mean),
+                    format!("mean per chunk (p50: {}); {note}", report::ratio(p50)),
+                ]);
+            }
+        }
+    }
+    if let (Some(e2e), Some(transport)) = (&end_to_end, &transport_run) {
+        table.row(vec![
+            "agent->backend / transport limit".to_string(),
+            report::ratio(e2e.ack_mb_per_s() / transport.mb_per_s()),
+            format!(
+                "{} acked vs {} discarded",
+                report::rate(e2e.ack_mb_per_s()),
+                report::rate(transport.mb_per_s())
+            ),
+        ]);
+    }
+    if let (Some(e2e), Some(disk)) = (
+        &end_to_end,
+        disk_results.as_ref().and_then(|d| d.per_chunk()),
+    ) {
+        if let Some(backend) = e2e.backend_write_mb_per_s() {
+            table.row(vec![
+                "backend storage writes / disk limit".to_string(),
+                report::ratio(backend / disk.mb_per_s()),
+                format!(
+                    "{} (buffer: zstd batches + file sink JSON + checkpoints) vs {} ({})",
+                    report::rate(backend),
+                    report::rate(disk.mb_per_s()),
+                    disk.case
+                ),
+            ]);
+        }
+        if let (Some(agent), Some(backend)) = (e2e.agent_writes, e2e.backend_writes_acked) {
+            let both = report::mb_per_s(agent + backend, e2e.acked);
+            table.row(vec![
+                "agent + backend storage writes / disk limit".to_string(),
+                report::ratio(both / disk.mb_per_s()),
+                format!(
+                    "{} on the same disk while acking vs {}",
+                    report::rate(both),
+                    report::rate(disk.mb_per_s())
+                ),
+            ]);
+        }
+        let spool = report::mb_per_s(e2e.raw_bytes, e2e.flushed);
+        table.row(vec![
+            "agent spool appends / disk limit".to_string(),
+            report::ratio(spool / disk.mb_per_s()),
+            format!(
+                "{} raw chunks, sync on, while sending vs {}",
+                report::rate(spool),
+                report::rate(disk.mb_per_s())
+            ),
+        ]);
+    }
+    if table.is_empty() {
+        println!("  (none: ratios need the scenarios on both sides)");
+    } else {
+        table.print();
+    }
+    println!();
+    println!("total bench time: {}", report::duration(started.elapsed()));
+    Ok(())
+}
+
+/// `given`, or `file` in this binary's directory (where cargo puts the plugin and the
+/// backend built with the same profile and target dir).
+fn beside_this_binary(given: Option<&Path>, file: &str, package: &str) -> Result<PathBuf> {
+    if let Some(path) = given {
+        if !path.is_file() {
+            bail!("{} does not exist", path.display());
+        }
+        return Ok(path.to_path_buf());
+    }
+    let exe = std::env::current_exe().context("locating this binary")?;
+    let path = exe
+        .parent()
+        .context("this binary has no directory")?
+        .join(file);
+    if !path.is_file() {
+        bail!(
+            "{} not found: build it with `cargo build --release -p {package}` (same \
+             CARGO_TARGET_DIR as the bench) or pass its path",
+            path.display()
+        );
+    }
+    Ok(path)
+}
