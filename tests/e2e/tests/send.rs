@@ -56,24 +56,28 @@ fn send_fails_when_nothing_can_be_acked_in_time() {
     let backend = Backend::start(data.path(), port, &[]);
     let env = credentials_env(&backend);
     backend.stop();
-    let output = Command::new(backend_bin())
-        .args(["send", "-", "--timeout", "3s"])
-        .envs(env)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            child.stdin.take().unwrap().write_all(b"one\ntwo\n")?;
-            child.wait_with_output()
-        })
-        .unwrap();
+    let output = send(&["--timeout", "3s"], env, b"one\ntwo\n");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "send must fail: {stderr}");
     assert!(
         stderr.contains("not acked") || stderr.contains("unacked"),
         "the error says what is missing: {stderr}"
     );
+}
+
+/// Runs `logferry send - ARGS` with `env`, feeding `input` on stdin.
+fn send(args: &[&str], env: Vec<(String, String)>, input: &[u8]) -> std::process::Output {
+    let mut child = Command::new(backend_bin())
+        .args(["send", "-"])
+        .args(args)
+        .envs(env)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
 }
 
 fn credentials_env(backend: &Backend) -> Vec<(String, String)> {
@@ -118,18 +122,7 @@ fn token_issue_signs_a_working_token_and_print_events_echoes_records() {
     env.retain(|(k, _)| k != "LOGFERRY_ACCESS_TOKEN");
     env.push(("LOGFERRY_ACCESS_TOKEN".into(), token));
 
-    let output = Command::new(backend_bin())
-        .args(["send", "-", "--tag", "t.token"])
-        .envs(env)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .and_then(|mut child| {
-            child.stdin.take().unwrap().write_all(b"first\nsecond\n")?;
-            child.wait_with_output()
-        })
-        .unwrap();
+    let output = send(&["--tag", "t.token"], env, b"first\nsecond\n");
     assert!(
         output.status.success(),
         "{}",
