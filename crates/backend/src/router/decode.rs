@@ -13,30 +13,29 @@
 //! strings; other ext values `{"$ext": type, "b64": data}`; map keys that are not
 //! strings are written as their JSON text.
 
-use std::io::Cursor;
-
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::{DateTime, SecondsFormat};
-use rmpv::Value;
+use rmpv::ValueRef as Value;
 use serde::Serialize;
 use serde::ser::{SerializeMap, SerializeSeq};
 
 /// Deepest nesting accepted in one event (bounds the decoder's stack).
 const MAX_DEPTH: usize = 256;
 
-/// One decoded event.
+/// One decoded event. Strings and binaries borrow from the chunk: decoding allocates
+/// only the arrays and maps.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Event {
+pub enum Event<'a> {
     Record {
         sec: i64,
         nsec: u32,
-        metadata: Value,
-        body: Value,
+        metadata: Value<'a>,
+        body: Value<'a>,
     },
     GroupStart {
-        metadata: Value,
-        body: Value,
+        metadata: Value<'a>,
+        body: Value<'a>,
     },
     GroupEnd,
 }
@@ -50,9 +49,9 @@ pub struct DecodeError {
     pub reason: String,
 }
 
-fn timestamp(value: &Value) -> Result<(i64, u32), String> {
+fn timestamp(value: &Value<'_>) -> Result<(i64, u32), String> {
     match value {
-        Value::Ext(0, data) if data.len() == 8 => {
+        &Value::Ext(0, data) if data.len() == 8 => {
             let sec = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
             let nsec = u32::from_be_bytes([data[4], data[5], data[6], data[7]]);
             Ok((i64::from(sec), nsec))
@@ -72,7 +71,7 @@ fn timestamp(value: &Value) -> Result<(i64, u32), String> {
     }
 }
 
-fn event(value: Value) -> Result<Event, String> {
+fn event(value: Value<'_>) -> Result<Event<'_>, String> {
     let Value::Array(mut parts) = value else {
         return Err("event is not an array".into());
     };
@@ -115,18 +114,18 @@ fn event(value: Value) -> Result<Event, String> {
 }
 
 /// Decodes every event of a chunk, or says where it went wrong.
-pub fn decode_chunk(data: &[u8]) -> Result<Vec<Event>, DecodeError> {
-    let mut cursor = Cursor::new(data);
+pub fn decode_chunk(data: &[u8]) -> Result<Vec<Event<'_>>, DecodeError> {
+    let mut rest = data;
     let mut events = Vec::new();
-    while (cursor.position() as usize) < data.len() {
-        let offset = cursor.position();
+    while !rest.is_empty() {
+        let offset = (data.len() - rest.len()) as u64;
         let index = events.len();
         let fail = |reason: String| DecodeError {
             index,
             offset,
             reason,
         };
-        let value = rmpv::decode::read_value_with_max_depth(&mut cursor, MAX_DEPTH)
+        let value = rmpv::decode::read_value_ref_with_max_depth(&mut rest, MAX_DEPTH)
             .map_err(|e| fail(format!("not msgpack: {e}")))?;
         events.push(event(value).map_err(fail)?);
     }
@@ -134,9 +133,9 @@ pub fn decode_chunk(data: &[u8]) -> Result<Vec<Event>, DecodeError> {
 }
 
 /// Serialises an rmpv value as JSON without building an intermediate tree.
-pub struct Json<'a>(pub &'a Value);
+pub struct Json<'v, 'a>(pub &'v Value<'a>);
 
-impl Serialize for Json<'_> {
+impl Serialize for Json<'_, '_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self.0 {
             Value::Nil => s.serialize_unit(),
@@ -150,7 +149,7 @@ impl Serialize for Json<'_> {
             Value::F32(_) | Value::F64(_) => s.serialize_unit(),
             Value::String(text) => match text.as_str() {
                 Some(text) => s.serialize_str(text),
-                None => s.serialize_str(&String::from_utf8_lossy(text.as_bytes())),
+                None => s.serialize_str(&String::from_utf8_lossy(&text.into_bytes())),
             },
             Value::Binary(bytes) => s.serialize_str(&BASE64.encode(bytes)),
             Value::Array(items) => {
@@ -167,7 +166,7 @@ impl Serialize for Json<'_> {
                         Value::String(text) => match text.as_str() {
                             Some(key) => map.serialize_entry(key, &Json(v))?,
                             None => map.serialize_entry(
-                                &String::from_utf8_lossy(text.as_bytes()),
+                                &String::from_utf8_lossy(&text.into_bytes()),
                                 &Json(v),
                             )?,
                         },
@@ -197,21 +196,21 @@ pub fn rfc3339(sec: i64, nsec: u32) -> String {
 }
 
 #[derive(Serialize)]
-struct Group<'a> {
-    metadata: Json<'a>,
-    body: Json<'a>,
+struct Group<'v, 'a> {
+    metadata: Json<'v, 'a>,
+    body: Json<'v, 'a>,
 }
 
 #[derive(Serialize)]
-struct Output<'a> {
+struct Output<'v, 'a> {
     time: String,
-    tag: &'a str,
-    tenant: &'a str,
-    agent: &'a str,
-    metadata: Json<'a>,
-    record: Json<'a>,
+    tag: &'v str,
+    tenant: &'v str,
+    agent: &'v str,
+    metadata: Json<'v, 'a>,
+    record: Json<'v, 'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    group: Option<Group<'a>>,
+    group: Option<Group<'v, 'a>>,
 }
 
 /// Who a chunk came from, for the output records.
@@ -223,8 +222,8 @@ pub struct Origin<'a> {
 }
 
 /// Appends one JSON line per record to `out`; returns how many records.
-pub fn render(events: &[Event], origin: Origin<'_>, out: &mut Vec<u8>) -> usize {
-    let mut group: Option<(&Value, &Value)> = None;
+pub fn render(events: &[Event<'_>], origin: Origin<'_>, out: &mut Vec<u8>) -> usize {
+    let mut group: Option<(&Value<'_>, &Value<'_>)> = None;
     let mut records = 0;
     for event in events {
         match event {
@@ -260,7 +259,8 @@ pub fn render(events: &[Event], origin: Origin<'_>, out: &mut Vec<u8>) -> usize 
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{Origin, decode_chunk, render};
+    use rmpv::Value;
 
     fn event_time(sec: u32, nsec: u32) -> Value {
         let mut data = sec.to_be_bytes().to_vec();
