@@ -209,9 +209,10 @@ pub fn run(
     chunk: &BenchChunk,
     total_bytes: u64,
     router_wait: Duration,
+    window: Option<usize>,
 ) -> Result<EndToEnd> {
     let backend = Backend::start(backend_bin, &work_dir.join("backend"))?;
-    let result = stream(&backend, work_dir, chunk, total_bytes, router_wait);
+    let result = stream(&backend, work_dir, chunk, total_bytes, router_wait, window);
     let stopped = backend.stop();
     let result = result?;
     stopped?;
@@ -224,6 +225,7 @@ fn stream(
     chunk: &BenchChunk,
     total_bytes: u64,
     router_wait: Duration,
+    window: Option<usize>,
 ) -> Result<EndToEnd> {
     let chunks = total_bytes.div_ceil(chunk.len() as u64).max(1);
     let raw_bytes = chunks * chunk.len() as u64;
@@ -240,7 +242,10 @@ fn stream(
         ("buffer.sync", "on".to_string()),
         ("compress", "zstd".to_string()),
     ]);
-    let config = AgentConfig::from_properties(|key| properties.get(key).cloned())?;
+    let mut config = AgentConfig::from_properties(|key| properties.get(key).cloned())?;
+    if let Some(window) = window {
+        config.window = window;
+    }
     let window = config.window;
     let agent = Agent::start(config, AgentHooks::default())?;
 

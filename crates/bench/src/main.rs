@@ -12,6 +12,7 @@
 //! then `cargo run --release -p logferry-bench`.
 
 mod backend;
+mod buffer;
 mod disk;
 mod end_to_end;
 mod fixture;
@@ -59,6 +60,9 @@ struct Cli {
     /// record; 0 does not wait.
     #[arg(long, default_value_t = 90)]
     router_wait_secs: u64,
+    /// Batches in flight for the agent -> backend scenario. Default: the agent's own.
+    #[arg(long)]
+    window: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -71,6 +75,8 @@ enum Scenario {
     Disk,
     /// TLS gRPC to a discarding server: the transport limit.
     Transport,
+    /// The backend's buffer append path vs the disk limit for the bytes it stores.
+    Buffer,
 }
 
 fn main() -> std::process::ExitCode {
@@ -138,6 +144,14 @@ fn run(cli: Cli) -> Result<()> {
         println!();
         flush_results = Some(results);
     }
+    let mut buffer_results = None;
+    if wanted(Scenario::Buffer) {
+        eprintln!("logferry-bench: buffer ...");
+        let results = buffer::run(work.path(), &large, total_bytes)?;
+        results.print();
+        println!();
+        buffer_results = Some(results);
+    }
     let mut disk_results = None;
     if wanted(Scenario::Disk) {
         eprintln!("logferry-bench: disk ...");
@@ -163,6 +177,7 @@ fn run(cli: Cli) -> Result<()> {
             &large,
             total_bytes,
             Duration::from_secs(cli.router_wait_secs),
+            cli.window,
         )?;
         run.print();
         println!();
@@ -237,6 +252,18 @@ fn run(cli: Cli) -> Result<()> {
                 "{} raw chunks, sync on, while sending vs {}",
                 report::rate(spool),
                 report::rate(disk.mb_per_s())
+            ),
+        ]);
+    }
+    if let Some(buffer) = &buffer_results {
+        table.row(vec![
+            "backend write path / disk limit (bytes it stores)".to_string(),
+            report::ratio(buffer.buffer_mb_per_s() / buffer.baseline_mb_per_s()),
+            format!(
+                "{} buffer appends vs {} write + fdatasync, {} payloads; target >= 0.8x",
+                report::rate(buffer.buffer_mb_per_s()),
+                report::rate(buffer.baseline_mb_per_s()),
+                report::bytes(buffer.payload_bytes)
             ),
         ]);
     }
