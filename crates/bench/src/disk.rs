@@ -2,7 +2,7 @@
 //! to a fresh file with `write` + `fdatasync`: once per chunk (the spool with
 //! `buffer.sync on` and one flush per chunk; the backend's buffer, one fsync per
 //! batch, is the same pattern with smaller compressed batches), and once per 64 MB
-//! (the spool with `buffer.sync off`, which syncs when it rolls a 64 MB segment).
+//! (about what the disk takes when syncs are rare, as with `buffer.sync off`).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -82,7 +82,7 @@ pub fn run(work_dir: &Path, chunk: &BenchChunk, total_bytes: u64) -> Result<Disk
                 ..per_chunk
             },
             DiskRow {
-                case: "fdatasync per 64 MiB (a spool segment)".to_string(),
+                case: "fdatasync per 64 MiB".to_string(),
                 ..per_segment
             },
         ],

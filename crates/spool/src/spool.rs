@@ -257,9 +257,13 @@ impl Spool {
         Ok(Appended::Stored { seq })
     }
 
-    /// Seals the active segment (synced first) and starts a new one at `first_seq`.
+    /// Seals the active segment (synced first, with `sync: true`) and starts a new one
+    /// at `first_seq`.
     fn roll(&self, inner: &mut Inner, first_seq: u64) -> Result<()> {
-        if let Some(old) = inner.segments.back().filter(|_| inner.active) {
+        // With `sync: false` a roll does not hold every append up for the fdatasync of a
+        // whole segment; `Spool::sync` covers all retained segments instead.
+        let old = inner.segments.back().filter(|_| inner.active);
+        if let Some(old) = old.filter(|_| self.config.sync) {
             let synced = old
                 .file
                 .sync_data()
@@ -284,14 +288,20 @@ impl Spool {
         self.commit.wait_durable(seq, || self.sync_written())
     }
 
-    /// The leader's sync: everything written so far. Older segments were synced when
-    /// they were rolled, so only the active one needs it.
+    /// The leader's sync: everything written so far. With `sync: true` older segments
+    /// were synced when they were rolled, so only the active one needs it; with
+    /// `sync: false` every retained segment is synced (clean ones cost next to nothing).
     fn sync_written(&self) -> io::Result<u64> {
-        let (covered, file) = {
+        let (covered, files) = {
             let inner = self.lock_inner();
-            (inner.next_seq - 1, inner.active_file())
+            let files: Vec<Arc<dyn SegmentFile>> = if self.config.sync {
+                inner.active_file().into_iter().collect()
+            } else {
+                inner.segments.iter().map(|s| s.file.clone()).collect()
+            };
+            (inner.next_seq - 1, files)
         };
-        if let Some(file) = file {
+        for file in files {
             self.syncs.fetch_add(1, Ordering::Relaxed);
             if let Err(e) = file.sync_data() {
                 self.lock_inner().poisoned = Some(format!("fdatasync failed: {e}"));

@@ -146,3 +146,31 @@ fn without_sync_appends_are_readable_at_once_and_survive_reopen() {
             .all(|e| e.data == chunk(e.seq, e.seq as usize * 10))
     );
 }
+
+#[test]
+fn without_sync_a_roll_does_not_sync_the_sealed_segment_but_sync_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SpoolConfig {
+        sync: false,
+        segment_bytes: 4096,
+        max_bytes: 1 << 20,
+        ..SpoolConfig::new(dir.path())
+    };
+    let spool = open(config.clone());
+    for seq in 1..=40 {
+        spool.append("t", &chunk(seq, 500)).unwrap();
+    }
+    let segments = segment_files(dir.path()).len() as u64;
+    assert!(segments >= 4, "{segments} segments");
+    // One header sync per segment created, none for sealing one.
+    assert_eq!(spool.stats().syncs, segments);
+    spool.sync().unwrap();
+    assert_eq!(
+        spool.stats().syncs,
+        2 * segments,
+        "every retained segment synced"
+    );
+    assert_eq!(spool.stats().durable_seq, 40);
+    drop(spool);
+    assert_eq!(seqs(&read_all(&open(config))), (1..=40).collect::<Vec<_>>());
+}
