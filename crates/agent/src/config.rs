@@ -314,6 +314,17 @@ impl AgentConfig {
     /// when it is not set (Fluent Bit's `output_get_property`). Keys are the names in
     /// [`PROPERTIES`]. An empty value counts as unset.
     pub fn from_properties(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        Self::read_properties(&get).map_err(|mut e| {
+            // Name the property the way the user wrote it.
+            let set = |key: &str| get(key).is_some_and(|v| !v.trim().is_empty());
+            if let Some(alias) = alias_of(e.property).filter(|a| set(a) && !set(e.property)) {
+                e.property = alias;
+            }
+            e
+        })
+    }
+
+    fn read_properties(get: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |name: &str| {
             let set = |key: &str| get(key).filter(|v| !v.trim().is_empty());
             set(name).or_else(|| alias_of(name).and_then(set))
@@ -504,6 +515,15 @@ mod tests {
         // The dotted name wins where the host passes both.
         p.push(("tls.verify", "on"));
         assert!(AgentConfig::from_properties(props(&p)).unwrap().tls.verify);
+        // An error names the spelling that was used.
+        let mut p = BASE.to_vec();
+        p.push(("tls_verify", "maybe"));
+        assert_eq!(
+            AgentConfig::from_properties(props(&p))
+                .unwrap_err()
+                .to_string(),
+            "property `tls_verify`: expected on or off, got `maybe`"
+        );
     }
 
     #[test]
