@@ -42,7 +42,10 @@ trap 'rm -f "$sample"; kill "$serve_pid" 2>/dev/null || true; wait "$serve_pid" 
 awk -v n="$lines" 'BEGIN { for (i = 1; i <= n; i++)
   printf "%s level=info msg=\"quickstart event %d\" user=u%d latency_ms=%d\n", "2026-01-01T00:00:00Z", i, i % 97, i % 250 }' > "$sample"
 
-count_records() { find "$data/files" -name '*.jsonl' -exec cat {} + 2>/dev/null | wc -l; }
+count_records() {
+  [ -d "$data/files" ] || { echo 0; return; }
+  find "$data/files" -name '*.jsonl' -exec cat {} + | wc -l
+}
 before=$(count_records)
 
 echo "==> shipping $lines lines through the plugin (libout_logferry.so, driven like Fluent Bit)"
