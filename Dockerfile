@@ -59,19 +59,19 @@ COPY --from=builder /out/logferry /usr/local/bin/logferry
 USER 10001:10001
 WORKDIR /data
 VOLUME ["/data"]
-EXPOSE 7777
+# gRPC ingest; Prometheus /metrics with /healthz and /readyz.
+EXPOSE 7777 9464
 
 ENV LOGFERRY_LOG_FORMAT=json
 
-# There is no HTTP health endpoint yet (/healthz, grpc.health.v1 are still to come):
-# check that the gRPC port accepts TCP connections, with bash's /dev/tcp (bash is part
-# of every Debian image, so nothing extra is installed). Change the port here if you
-# change --listen.
+# Checks that the gRPC port accepts TCP connections, with bash's /dev/tcp (bash is part
+# of every Debian image, so nothing extra is installed); orchestrators that speak HTTP
+# should probe /readyz on 9464 instead. Change the port here if you change --listen.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/7777"]
 
 ENTRYPOINT ["logferry"]
-CMD ["serve", "--data-dir", "/data", "--listen", "0.0.0.0:7777"]
+CMD ["serve", "--data-dir", "/data", "--listen", "0.0.0.0:7777", "--metrics-listen", "0.0.0.0:9464"]
 
 # ---------------------------------------------------------------------------------------
 # fluent-bit: the official image plus the plugin

@@ -13,6 +13,7 @@
 pub mod auth;
 pub mod fsutil;
 pub mod ingest;
+pub mod metrics;
 pub mod pki;
 pub mod router;
 pub mod send;

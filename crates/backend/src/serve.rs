@@ -25,6 +25,7 @@ use tracing::{info, warn};
 
 use crate::auth::TokenAuthority;
 use crate::ingest::{Authenticator, IngestService, Marks};
+use crate::metrics::{self, Metrics};
 use crate::pki::{ServerPki, ensure_dev_pki, server_tls};
 use crate::router::{Destination, Router};
 use crate::sinks::{FileSink, StdoutSink};
@@ -69,6 +70,24 @@ pub struct ServeArgs {
     /// Lifetime of the development token written to dev-credentials.env.
     #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
     pub dev_token_ttl: Duration,
+    /// HTTP address of `/metrics` (Prometheus), `/healthz` and `/readyz`; `off` for
+    /// none. Port 0 picks a free port.
+    #[arg(long, env = "LOGFERRY_METRICS_LISTEN", default_value = "127.0.0.1:9464", value_parser = parse_listen)]
+    pub metrics_listen: MetricsListen,
+}
+
+/// `--metrics-listen`: an address, or `off`.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricsListen(pub Option<SocketAddr>);
+
+fn parse_listen(value: &str) -> Result<MetricsListen, String> {
+    if value == "off" {
+        return Ok(MetricsListen(None));
+    }
+    value
+        .parse()
+        .map(|addr| MetricsListen(Some(addr)))
+        .map_err(|e| format!("expected host:port or `off`: {e}"))
 }
 
 pub fn parse_size(value: &str) -> Result<u64, String> {
@@ -135,6 +154,14 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         _ => Some(ensure_dev_pki(&data.join("tls"))?),
     };
 
+    // Up before the buffer is recovered, so /healthz answers and /readyz says not yet.
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let metrics = Metrics::new()?;
+    if let MetricsListen(Some(addr)) = args.metrics_listen {
+        let bound = metrics::serve(addr, metrics.clone(), shutdown.clone()).await?;
+        eprintln!("logferry: metrics on http://{bound}/metrics (also /healthz, /readyz)");
+    }
+
     let log_config = LogConfig {
         max_bytes: args.buffer_max_size,
         sync: args.buffer_sync,
@@ -153,11 +180,17 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         "files",
         Box::new(FileSink::new(data.join("files"))),
         data,
+        metrics.destination("files"),
     )?];
     if args.print_events {
-        destinations.push(Destination::open("stdout", Box::new(StdoutSink), data)?);
+        destinations.push(Destination::open(
+            "stdout",
+            Box::new(StdoutSink),
+            data,
+            metrics.destination("stdout"),
+        )?);
     }
-    let (shutdown_tx, shutdown) = watch::channel(false);
+    tokio::spawn(watch_buffer(log.clone(), metrics.clone(), shutdown.clone()));
     let router = Router::start(destinations, log.clone(), marks.clone(), shutdown.clone());
 
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -177,6 +210,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         log: log.clone(),
         marks,
         shutdown: shutdown.clone(),
+        metrics: metrics.clone(),
     };
 
     if development {
@@ -206,12 +240,20 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let ingest = IngestServer::new(service)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<IngestServer<IngestService>>().await;
+    metrics.set_ready(true);
     let shutdown_requested = async move {
         signals.await;
         info!("shutting down: closing streams, finishing the router's current step");
+        metrics.set_ready(false);
+        health
+            .set_not_serving::<IngestServer<IngestService>>()
+            .await;
         let _ = shutdown_tx.send(true);
     };
     server
+        .add_service(health_service)
         .add_service(ingest)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_requested)
         .await
@@ -224,6 +266,23 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// Keeps the buffer gauges current.
+async fn watch_buffer(
+    log: Arc<EmbeddedLog>,
+    metrics: Metrics,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let stats = log.stats();
+        metrics.buffer_bytes.set(stats.bytes as i64);
+        metrics.buffer_end_offset.set(log.end_offset() as i64);
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = shutdown.wait_for(|down| *down) => return,
+        }
+    }
 }
 
 fn write_dev_credentials(

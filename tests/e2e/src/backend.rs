@@ -54,6 +54,8 @@ impl Credentials {
 pub struct Backend {
     pub data_dir: PathBuf,
     pub addr: SocketAddr,
+    /// Where `/metrics`, `/healthz` and `/readyz` answer.
+    pub metrics_addr: Option<SocketAddr>,
     child: Option<Child>,
     stderr: Arc<Mutex<Vec<String>>>,
     stdout: Arc<Mutex<Vec<String>>>,
@@ -69,6 +71,7 @@ impl Backend {
             .arg(data_dir)
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .args(extra)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
@@ -88,11 +91,17 @@ impl Backend {
             }
         });
         let (ready_tx, ready_rx) = mpsc::channel();
+        let metrics = Arc::new(Mutex::new(None));
+        let metrics_addr = metrics.clone();
         let pipe = child.stderr.take().expect("stderr piped");
         let lines = stderr.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(pipe).lines() {
                 let Ok(line) = line else { break };
+                if let Some(rest) = line.strip_prefix("logferry: metrics on http://") {
+                    let addr = rest.split('/').next().unwrap_or_default();
+                    *metrics_addr.lock().unwrap() = addr.parse::<SocketAddr>().ok();
+                }
                 if let Some(rest) = line.strip_prefix("logferry: listening on ") {
                     let addr = rest.split_whitespace().next().unwrap_or_default();
                     let _ = ready_tx.send(addr.parse::<SocketAddr>().ok());
@@ -111,9 +120,11 @@ impl Backend {
                 );
             }
         };
+        let metrics_addr = *metrics.lock().unwrap();
         Backend {
             data_dir: data_dir.to_path_buf(),
             addr,
+            metrics_addr,
             child: Some(child),
             stderr,
             stdout,
@@ -150,6 +161,37 @@ impl Backend {
     /// Every stderr line so far.
     pub fn stderr(&self) -> Vec<String> {
         self.stderr.lock().unwrap().clone()
+    }
+
+    /// `GET path` on the metrics listener: (status code, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let addr = self.metrics_addr.expect("the metrics listener is up");
+        let mut stream =
+            std::net::TcpStream::connect(addr).expect("connect to the metrics listener");
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+        let body = response
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, body)| body)
+            .to_string();
+        (status, body)
+    }
+
+    /// The value of one sample on `/metrics`, like
+    /// `logferry_ingest_chunks_total{tenant="dev"}`; `None` when absent.
+    pub fn metric(&self, sample: &str) -> Option<f64> {
+        let (status, body) = self.http_get("/metrics");
+        assert_eq!(status, 200, "{body}");
+        body.lines()
+            .filter(|line| !line.starts_with('#'))
+            .find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
     }
 
     /// Every stdout line so far (the stdout sink's records with `--print-events`).

@@ -5,6 +5,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use logferry_buffer::{EmbeddedLog, RecordMeta};
+
+use crate::metrics::Metrics;
 use logferry_proto::v1::ingest_server::Ingest;
 use logferry_proto::v1::{
     Ack, AgentConfig, AgentMessage, Batch, Compression, GetConfigRequest, ServerMessage, Welcome,
@@ -29,6 +31,7 @@ pub struct IngestService {
     pub auth: Authenticator,
     pub log: Arc<EmbeddedLog>,
     pub marks: Arc<Marks>,
+    pub metrics: Metrics,
     /// Set when the backend shuts down: open streams end with UNAVAILABLE.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -113,6 +116,10 @@ impl IngestService {
                 last = batch.last_seq,
                 "duplicate batch acked again"
             );
+            self.metrics
+                .ingest_duplicates
+                .with_label_values(&[principal.tenant.as_str()])
+                .inc();
             return Ok(Ack {
                 last_seq: batch.last_seq,
                 duplicate: true,
@@ -141,6 +148,7 @@ impl IngestService {
         };
         let log = self.log.clone();
         let payload = batch.payload;
+        let wire_bytes = payload.len() as u64;
         tokio::task::spawn_blocking(move || log.append(&meta, &payload))
             .await
             .map_err(|e| Status::internal(format!("buffer append task failed: {e}")))?
@@ -149,6 +157,18 @@ impl IngestService {
                 buffer_status(&e)
             })?;
         mark.stored.store(batch.last_seq, Ordering::Release);
+        let tenant = [principal.tenant.as_str()];
+        let m = &self.metrics;
+        m.ingest_batches.with_label_values(&tenant).inc();
+        m.ingest_chunks
+            .with_label_values(&tenant)
+            .inc_by(u64::from(batch.chunk_count));
+        m.ingest_raw_bytes
+            .with_label_values(&tenant)
+            .inc_by(batch.raw_bytes);
+        m.ingest_wire_bytes
+            .with_label_values(&tenant)
+            .inc_by(wire_bytes);
         Ok(Ack {
             last_seq: batch.last_seq,
             duplicate: false,
@@ -255,7 +275,10 @@ impl Ingest for IngestService {
                 "the backend is shutting down; reconnect shortly",
             ));
         }
-        let principal = self.auth.authenticate(request.metadata())?;
+        let principal = self
+            .auth
+            .authenticate(request.metadata())
+            .inspect_err(|status| self.metrics.auth_failed(status))?;
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(self.clone().run_stream(principal, inbound, tx));
@@ -266,7 +289,10 @@ impl Ingest for IngestService {
         &self,
         request: Request<GetConfigRequest>,
     ) -> Result<Response<AgentConfig>, Status> {
-        let principal = self.auth.authenticate(request.metadata())?;
+        let principal = self
+            .auth
+            .authenticate(request.metadata())
+            .inspect_err(|status| self.metrics.auth_failed(status))?;
         let store = self
             .auth
             .tenants

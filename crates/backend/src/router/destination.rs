@@ -27,18 +27,11 @@ use tracing::{error, info, warn};
 use super::checkpoint::Checkpoint;
 use super::decode::{Origin, decode_chunk, render, rfc3339};
 use crate::ingest::MAX_RAW_BATCH_BYTES;
+use crate::metrics::DestinationMetrics;
 use crate::sinks::{FileSet, Sink};
 
 /// How much buffer payload one step reads.
 const STEP_BYTES: usize = 16 << 20;
-
-/// Counters of one destination.
-#[derive(Debug, Default)]
-pub struct DestinationStats {
-    pub records: AtomicU64,
-    pub dead_letters: AtomicU64,
-    pub duplicates_skipped: AtomicU64,
-}
 
 /// See the module docs.
 pub struct Destination {
@@ -48,7 +41,7 @@ pub struct Destination {
     checkpoint_path: PathBuf,
     checkpoint: Checkpoint,
     lines: Vec<u8>,
-    pub stats: Arc<DestinationStats>,
+    metrics: DestinationMetrics,
 }
 
 impl std::fmt::Debug for Destination {
@@ -69,7 +62,12 @@ fn now() -> String {
 impl Destination {
     /// Opens a destination: loads its checkpoint and truncates the sink and the
     /// dead-letter store back to it.
-    pub fn open(name: &str, sink: Box<dyn Sink>, data_dir: &Path) -> Result<Self> {
+    pub fn open(
+        name: &str,
+        sink: Box<dyn Sink>,
+        data_dir: &Path,
+        metrics: DestinationMetrics,
+    ) -> Result<Self> {
         let checkpoint_path = data_dir
             .join("router")
             .join(format!("{name}.checkpoint.json"));
@@ -82,7 +80,7 @@ impl Destination {
             checkpoint_path,
             checkpoint,
             lines: Vec::new(),
-            stats: Arc::default(),
+            metrics,
         };
         destination
             .recover()
@@ -157,7 +155,7 @@ impl Destination {
     fn dead_letter(&mut self, entry: serde_json::Value) -> Result<()> {
         let mut line = serde_json::to_vec(&entry)?;
         line.push(b'\n');
-        self.stats.dead_letters.fetch_add(1, Ordering::Relaxed);
+        self.metrics.dead_letters.inc();
         self.dead.append(Path::new("dead-letter.jsonl"), &line)
     }
 
@@ -167,9 +165,9 @@ impl Destination {
         let mark_key = format!("{}/{agent}", meta.tenant);
         let mark = marks.get(&mark_key).copied().unwrap_or(0);
         if meta.last_seq <= mark {
-            self.stats
+            self.metrics
                 .duplicates_skipped
-                .fetch_add(u64::from(meta.chunk_count), Ordering::Relaxed);
+                .inc_by(u64::from(meta.chunk_count));
             return Ok(());
         }
         let base = json!({
@@ -215,9 +213,7 @@ impl Destination {
         let mut delivered_to = mark;
         for chunk in &payload.chunks {
             if chunk.seq <= delivered_to {
-                self.stats
-                    .duplicates_skipped
-                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics.duplicates_skipped.inc();
                 continue;
             }
             match decode_chunk(&chunk.data) {
@@ -232,7 +228,7 @@ impl Destination {
                     if n > 0 {
                         self.sink
                             .write(&meta.tenant, &meta.access_key, &self.lines)?;
-                        self.stats.records.fetch_add(n as u64, Ordering::Relaxed);
+                        self.metrics.records.inc_by(n as u64);
                     }
                 }
                 Err(e) => {
@@ -283,9 +279,9 @@ pub(super) async fn run(
             }
             continue;
         }
-        let log = log.clone();
+        let stepping = log.clone();
         let joined = tokio::task::spawn_blocking(move || {
-            let result = destination.step(&log);
+            let result = destination.step(&stepping);
             (destination, result)
         })
         .await;
@@ -294,6 +290,10 @@ pub(super) async fn run(
             return;
         };
         done.store(destination.next_offset(), Ordering::Release);
+        destination
+            .metrics
+            .lag
+            .set(log.end_offset().saturating_sub(destination.next_offset()) as i64);
         match result {
             Ok(_) => {
                 if failing {

@@ -1,0 +1,216 @@
+//! Prometheus metrics and the HTTP endpoints `/metrics`, `/healthz` and `/readyz`.
+//!
+//! Metric names (all prefixed `logferry_`):
+//!
+//! | name | type | labels | meaning |
+//! |---|---|---|---|
+//! | `ingest_batches_total` | counter | tenant | batches stored in the buffer |
+//! | `ingest_chunks_total` | counter | tenant | Fluent Bit chunks in those batches |
+//! | `ingest_raw_bytes_total` | counter | tenant | uncompressed bytes of those batches |
+//! | `ingest_wire_bytes_total` | counter | tenant | payload bytes as received |
+//! | `ingest_duplicate_batches_total` | counter | tenant | re-sent batches acked without storing |
+//! | `auth_failures_total` | counter | reason | refused calls: `unauthenticated`, `permission_denied` |
+//! | `buffer_bytes` | gauge | | bytes of retained buffer segments |
+//! | `buffer_end_offset` | gauge | | offset the next stored batch gets |
+//! | `destination_records_total` | counter | destination | records delivered |
+//! | `destination_dead_letters_total` | counter | destination | dead-lettered chunks and batches |
+//! | `destination_duplicates_skipped_total` | counter | destination | chunks skipped as already delivered |
+//! | `destination_lag_batches` | gauge | destination | stored batches not yet delivered |
+//!
+//! `/healthz` answers 200 while the process runs. `/readyz` answers 503 until the
+//! buffer has been recovered and the gRPC listener is up, and again once shutdown has
+//! begun.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result};
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use tokio::sync::watch;
+
+/// Every metric of one backend process.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub ingest_batches: IntCounterVec,
+    pub ingest_chunks: IntCounterVec,
+    pub ingest_raw_bytes: IntCounterVec,
+    pub ingest_wire_bytes: IntCounterVec,
+    pub ingest_duplicates: IntCounterVec,
+    pub auth_failures: IntCounterVec,
+    pub buffer_bytes: IntGauge,
+    pub buffer_end_offset: IntGauge,
+    destination_records: IntCounterVec,
+    destination_dead_letters: IntCounterVec,
+    destination_duplicates: IntCounterVec,
+    destination_lag: IntGaugeVec,
+    ready: Arc<AtomicBool>,
+}
+
+/// The metrics of one destination.
+#[derive(Debug, Clone)]
+pub struct DestinationMetrics {
+    pub records: IntCounter,
+    pub dead_letters: IntCounter,
+    pub duplicates_skipped: IntCounter,
+    pub lag: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self> {
+        let registry = Registry::new_custom(Some("logferry".into()), None)?;
+        let counter = |name: &str, help: &str, label: &str| -> Result<IntCounterVec> {
+            let metric = IntCounterVec::new(Opts::new(name, help), &[label])?;
+            registry.register(Box::new(metric.clone()))?;
+            Ok(metric)
+        };
+        let gauge = |name: &str, help: &str| -> Result<IntGauge> {
+            let metric = IntGauge::new(name, help)?;
+            registry.register(Box::new(metric.clone()))?;
+            Ok(metric)
+        };
+        let destination_lag = IntGaugeVec::new(
+            Opts::new(
+                "destination_lag_batches",
+                "Stored batches the destination has not delivered yet",
+            ),
+            &["destination"],
+        )?;
+        registry.register(Box::new(destination_lag.clone()))?;
+        Ok(Self {
+            ingest_batches: counter(
+                "ingest_batches_total",
+                "Batches stored in the buffer",
+                "tenant",
+            )?,
+            ingest_chunks: counter(
+                "ingest_chunks_total",
+                "Fluent Bit chunks in the stored batches",
+                "tenant",
+            )?,
+            ingest_raw_bytes: counter(
+                "ingest_raw_bytes_total",
+                "Uncompressed bytes of the stored batches",
+                "tenant",
+            )?,
+            ingest_wire_bytes: counter(
+                "ingest_wire_bytes_total",
+                "Payload bytes of the stored batches as received",
+                "tenant",
+            )?,
+            ingest_duplicates: counter(
+                "ingest_duplicate_batches_total",
+                "Re-sent batches acked without storing them again",
+                "tenant",
+            )?,
+            auth_failures: counter(
+                "auth_failures_total",
+                "Calls refused by authentication or authorisation",
+                "reason",
+            )?,
+            buffer_bytes: gauge("buffer_bytes", "Bytes of retained buffer segments")?,
+            buffer_end_offset: gauge("buffer_end_offset", "Offset the next stored batch gets")?,
+            destination_records: counter(
+                "destination_records_total",
+                "Records delivered to the destination",
+                "destination",
+            )?,
+            destination_dead_letters: counter(
+                "destination_dead_letters_total",
+                "Chunks and batches the destination dead-lettered",
+                "destination",
+            )?,
+            destination_duplicates: counter(
+                "destination_duplicates_skipped_total",
+                "Chunks skipped because the destination had delivered them already",
+                "destination",
+            )?,
+            destination_lag,
+            ready: Arc::new(AtomicBool::new(false)),
+            registry,
+        })
+    }
+
+    /// The metrics of destination `name`.
+    pub fn destination(&self, name: &str) -> DestinationMetrics {
+        DestinationMetrics {
+            records: self.destination_records.with_label_values(&[name]),
+            dead_letters: self.destination_dead_letters.with_label_values(&[name]),
+            duplicates_skipped: self.destination_duplicates.with_label_values(&[name]),
+            lag: self.destination_lag.with_label_values(&[name]),
+        }
+    }
+
+    /// Counts a refused call by its gRPC status.
+    pub fn auth_failed(&self, status: &tonic::Status) {
+        let reason = match status.code() {
+            tonic::Code::PermissionDenied => "permission_denied",
+            _ => "unauthenticated",
+        };
+        self.auth_failures.with_label_values(&[reason]).inc();
+    }
+
+    /// Marks the process ready (or not) for `/readyz`.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        // Encoding into a Vec fails only for metric families that cannot exist here.
+        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+/// Binds `addr` and serves `/metrics`, `/healthz` and `/readyz` until `shutdown`.
+/// Returns the bound address.
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Metrics,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the metrics listener {addr}"))?;
+    let local = listener.local_addr()?;
+    let app = Router::new()
+        .route("/metrics", get(metrics_page))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(metrics);
+    tokio::spawn(async move {
+        let stop = async move {
+            let _ = shutdown.wait_for(|down| *down).await;
+        };
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            tracing::warn!("the metrics listener failed: {e}");
+        }
+    });
+    Ok(local)
+}
+
+async fn metrics_page(State(metrics): State<Metrics>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+        metrics.render(),
+    )
+}
+
+async fn readyz(State(metrics): State<Metrics>) -> impl IntoResponse {
+    if metrics.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
