@@ -50,6 +50,40 @@ impl Credentials {
     }
 }
 
+impl Credentials {
+    /// A TLS channel to the backend that trusts its development CA.
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        let ca = std::fs::read(&self.ca_file).expect("the development CA");
+        let tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+            .domain_name("localhost");
+        tonic::transport::Endpoint::from_shared(self.endpoint.clone())
+            .expect("a valid endpoint")
+            .tls_config(tls)
+            .expect("a valid TLS config")
+            .connect()
+            .await
+            .expect("connect to the backend")
+    }
+
+    /// `message` with this access key and, when given, `Bearer token`.
+    pub fn request<T>(&self, message: T, token: Option<&str>) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        let metadata = request.metadata_mut();
+        metadata.insert(
+            logferry_proto::ACCESS_KEY_HEADER,
+            self.access_key.parse().expect("an ASCII access key"),
+        );
+        if let Some(token) = token {
+            metadata.insert(
+                logferry_proto::AUTHORIZATION_HEADER,
+                format!("Bearer {token}").parse().expect("an ASCII token"),
+            );
+        }
+        request
+    }
+}
+
 /// A running `logferry serve`.
 pub struct Backend {
     pub data_dir: PathBuf,

@@ -216,18 +216,7 @@ fn a_wrong_token_is_refused_and_the_agent_keeps_its_spool() {
     // At the protocol level: UNAUTHENTICATED for a forged token and for none.
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let codes = runtime.block_on(async {
-        let ca = std::fs::read(&credentials.ca_file).unwrap();
-        let tls = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(ca))
-            .domain_name("localhost");
-        let channel = tonic::transport::Endpoint::from_shared(credentials.endpoint.clone())
-            .unwrap()
-            .tls_config(tls)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let mut client = IngestClient::new(channel);
+        let mut client = IngestClient::new(credentials.channel().await);
         let mut codes = Vec::new();
         let mut forged = credentials.access_token.clone();
         forged.pop();
@@ -237,33 +226,12 @@ fn a_wrong_token_is_refused_and_the_agent_keeps_its_spool() {
             'A'
         });
         for token in [Some(forged.as_str()), Some("not-a-jwt"), None] {
-            let mut request = tonic::Request::new(GetConfigRequest::default());
-            let metadata = request.metadata_mut();
-            metadata.insert(
-                logferry_proto::ACCESS_KEY_HEADER,
-                credentials.access_key.parse().unwrap(),
-            );
-            if let Some(token) = token {
-                metadata.insert(
-                    logferry_proto::AUTHORIZATION_HEADER,
-                    format!("Bearer {token}").parse().unwrap(),
-                );
-            }
+            let request = credentials.request(GetConfigRequest::default(), token);
             codes.push(client.get_config(request).await.unwrap_err().code());
             let hello = AgentMessage {
                 msg: Some(agent_message::Msg::Hello(Default::default())),
             };
-            let mut request = tonic::Request::new(tokio_stream::iter([hello]));
-            if let Some(token) = token {
-                request.metadata_mut().insert(
-                    logferry_proto::AUTHORIZATION_HEADER,
-                    format!("Bearer {token}").parse().unwrap(),
-                );
-            }
-            request.metadata_mut().insert(
-                logferry_proto::ACCESS_KEY_HEADER,
-                credentials.access_key.parse().unwrap(),
-            );
+            let request = credentials.request(tokio_stream::iter([hello]), token);
             codes.push(client.stream(request).await.unwrap_err().code());
         }
         codes

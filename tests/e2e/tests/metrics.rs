@@ -40,31 +40,10 @@ fn health_readiness_and_exact_metrics_after_traffic() {
     // Two refused calls: a forged token and none at all.
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let health = runtime.block_on(async {
-        let ca = std::fs::read(&credentials.ca_file).unwrap();
-        let tls = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(ca))
-            .domain_name("localhost");
-        let channel = tonic::transport::Endpoint::from_shared(credentials.endpoint.clone())
-            .unwrap()
-            .tls_config(tls)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let channel = credentials.channel().await;
         let mut client = IngestClient::new(channel.clone());
         for token in [Some("eyJhbGciOiJFZERTQSJ9.e30.AAAA"), None] {
-            let mut request = tonic::Request::new(GetConfigRequest::default());
-            let metadata = request.metadata_mut();
-            metadata.insert(
-                logferry_proto::ACCESS_KEY_HEADER,
-                credentials.access_key.parse().unwrap(),
-            );
-            if let Some(token) = token {
-                metadata.insert(
-                    logferry_proto::AUTHORIZATION_HEADER,
-                    format!("Bearer {token}").parse().unwrap(),
-                );
-            }
+            let request = credentials.request(GetConfigRequest::default(), token);
             assert_eq!(
                 client.get_config(request).await.unwrap_err().code(),
                 tonic::Code::Unauthenticated
