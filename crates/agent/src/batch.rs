@@ -1,16 +1,33 @@
-//! Whole spool entries into one `Batch` message: encode a `BatchPayload`, then
-//! compress it. The batch carries the contiguous seq range it covers.
+//! Whole spool entries into one `Batch` message: encode a `BatchPayload`, compress
+//! it, then seal it when the tenant encrypts. The batch carries the seq range it
+//! covers.
 
 use bytes::Bytes;
 use logferry_proto::v1::{Batch, BatchPayload, Chunk, Compression};
 use logferry_spool::Entry;
 use prost::Message;
 
+use crate::seal::{self, BatchContext, PublicKey};
+
+/// What sealing a batch needs: the tenant's key and where the batch belongs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealer {
+    pub tenant: String,
+    pub agent_id: [u8; 16],
+    pub key_id: u32,
+    pub key: PublicKey,
+}
+
 /// zstd level used for batches: level 1 keeps one core ahead of the network.
 pub const ZSTD_LEVEL: i32 = 1;
 
-/// Builds a batch from entries with contiguous seqs. `entries` must not be empty.
-pub fn build(entries: Vec<Entry>, compression: Compression) -> std::io::Result<Batch> {
+/// Builds a batch from entries in seq order, sealed when `sealer` is given.
+/// `entries` must not be empty.
+pub fn build(
+    entries: Vec<Entry>,
+    compression: Compression,
+    sealer: Option<&Sealer>,
+) -> std::io::Result<Batch> {
     let first_seq = entries.first().map_or(0, |e| e.seq);
     let last_seq = entries.last().map_or(0, |e| e.seq);
     let chunk_count = entries.len() as u32;
@@ -26,15 +43,28 @@ pub fn build(entries: Vec<Entry>, compression: Compression) -> std::io::Result<B
     };
     let raw = payload.encode_to_vec();
     let raw_bytes = raw.len() as u64;
-    let payload = match compression {
+    let mut payload = match compression {
         Compression::Zstd => zstd::bulk::compress(&raw, ZSTD_LEVEL)?,
         Compression::None => raw,
     };
+    let mut key_id = 0;
+    if let Some(sealer) = sealer {
+        let context = BatchContext {
+            tenant: &sealer.tenant,
+            agent_id: sealer.agent_id,
+            first_seq,
+            last_seq,
+            key_id: sealer.key_id,
+            compression: compression as i32,
+        };
+        payload = seal::seal(&sealer.key, &context, &payload);
+        key_id = sealer.key_id;
+    }
     Ok(Batch {
         first_seq,
         last_seq,
         compression: compression as i32,
-        key_id: 0,
+        key_id,
         payload: Bytes::from(payload),
         raw_bytes,
         chunk_count,
@@ -79,7 +109,7 @@ mod tests {
             },
         ];
         for compression in [Compression::Zstd, Compression::None] {
-            let batch = build(entries.clone(), compression).unwrap();
+            let batch = build(entries.clone(), compression, None).unwrap();
             assert_eq!(
                 (batch.first_seq, batch.last_seq, batch.chunk_count),
                 (7, 8, 2)
@@ -90,11 +120,32 @@ mod tests {
             assert_eq!(opened.chunks[1].tag, "b.c");
             assert_eq!(&opened.chunks[0].data[..], &[1, 2, 3]);
         }
-        let batch = build(entries, Compression::Zstd).unwrap();
+        let batch = build(entries.clone(), Compression::Zstd, None).unwrap();
         assert!(
             open(&batch.payload, Compression::Zstd, 100)
                 .unwrap_err()
                 .contains("zstd")
         );
+
+        let (private, public) = seal::generate();
+        let sealer = Sealer {
+            tenant: "acme".into(),
+            agent_id: [1; 16],
+            key_id: 9,
+            key: public,
+        };
+        let batch = build(entries, Compression::Zstd, Some(&sealer)).unwrap();
+        assert_eq!(batch.key_id, 9);
+        let context = BatchContext {
+            tenant: "acme",
+            agent_id: [1; 16],
+            first_seq: 7,
+            last_seq: 8,
+            key_id: 9,
+            compression: Compression::Zstd as i32,
+        };
+        let plain = seal::open(&private, &context, &batch.payload).unwrap();
+        let opened = open(&plain, Compression::Zstd, 1 << 20).unwrap();
+        assert_eq!(opened.chunks[1].tag, "b.c");
     }
 }

@@ -3,7 +3,8 @@
 //! - [`config`]: the agent's settings, parsed from Fluent Bit-style properties.
 //! - [`Agent`]: owns the spool and a sender runtime. `flush` only touches the local
 //!   spool; the sender streams spooled chunks to the backend in batches.
-//! - [`batch`]: whole chunks into a compressed `Batch` message.
+//! - [`batch`]: whole chunks into a compressed, optionally sealed `Batch` message.
+//! - [`seal`]: HPKE payload encryption, end to end from agent to router.
 //! - [`transport`]: the gRPC channel over rustls, with our own certificate handling.
 //! - [`sender`]: the stream loop: hello/welcome, a window of in-flight batches, acks,
 //!   timeouts, jittered exponential backoff.
@@ -13,6 +14,7 @@ mod backoff;
 pub mod batch;
 pub mod config;
 mod error;
+pub mod seal;
 pub mod sender;
 pub mod transport;
 

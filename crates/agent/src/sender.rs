@@ -34,6 +34,7 @@ use tracing::{debug, error, info, warn};
 use crate::backoff::Backoff;
 use crate::batch;
 use crate::config::AgentConfig;
+use crate::seal;
 use crate::transport;
 
 /// State shared by the flushing threads, the sender and the owner.
@@ -58,35 +59,68 @@ pub struct Counters {
     pub ack_latency_us_total: AtomicU64,
 }
 
-/// Settings of one session: local config, overlaid by config exchange.
-#[derive(Debug, Clone, Copy)]
+/// Settings of one session: local config, overlaid by config exchange. The backend
+/// may change them while the session runs (`WatchConfig`).
+#[derive(Debug, Clone, PartialEq)]
 struct Settings {
     batch_max_bytes: usize,
     batch_max_delay: Duration,
     compression: Compression,
+    /// Set when the tenant encrypts.
+    sealer: Option<batch::Sealer>,
 }
 
 impl Settings {
-    fn new(config: &AgentConfig, remote: Option<&logferry_proto::v1::AgentConfig>) -> Self {
+    fn new(
+        config: &AgentConfig,
+        remote: &logferry_proto::v1::AgentConfig,
+        agent_id: [u8; 16],
+    ) -> Result<Self, SessionError> {
         let mut s = Self {
             batch_max_bytes: config.batch_max_bytes as usize,
             batch_max_delay: config.batch_max_delay,
             compression: config.compression,
+            sealer: None,
         };
-        if let Some(remote) = remote {
-            if !config.explicit.batch_max_bytes && remote.batch_max_bytes > 0 {
-                s.batch_max_bytes = remote.batch_max_bytes.clamp(1024, 48 << 20) as usize;
-            }
-            if !config.explicit.batch_max_delay && remote.batch_max_delay_ms > 0 {
-                s.batch_max_delay = Duration::from_millis(remote.batch_max_delay_ms.into());
-            }
-            if !config.explicit.compression
-                && let Some(Ok(c)) = remote.compression.map(Compression::try_from)
-            {
-                s.compression = c;
-            }
+        if !config.explicit.batch_max_bytes && remote.batch_max_bytes > 0 {
+            s.batch_max_bytes = remote.batch_max_bytes.clamp(1024, 48 << 20) as usize;
         }
-        s
+        if !config.explicit.batch_max_delay && remote.batch_max_delay_ms > 0 {
+            s.batch_max_delay = Duration::from_millis(remote.batch_max_delay_ms.into());
+        }
+        if !config.explicit.compression
+            && let Some(Ok(c)) = remote.compression.map(Compression::try_from)
+        {
+            s.compression = c;
+        }
+        if remote.encryption_key_id != 0 {
+            let key = seal::PublicKey::from_bytes(&remote.encryption_public_key).map_err(|e| {
+                SessionError::new(format!(
+                    "the backend sent encryption key id {} with a bad public key: {e}",
+                    remote.encryption_key_id
+                ))
+            })?;
+            s.sealer = Some(batch::Sealer {
+                tenant: remote.tenant.clone(),
+                agent_id,
+                key_id: remote.encryption_key_id,
+                key,
+            });
+        }
+        Ok(s)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "batches up to {} bytes or {:?}, compression {}, {}",
+            self.batch_max_bytes,
+            self.batch_max_delay,
+            self.compression.as_str_name(),
+            match &self.sealer {
+                Some(s) => format!("sealed to key id {}", s.key_id),
+                None => "not encrypted (TLS only)".to_string(),
+            }
+        )
     }
 }
 
@@ -310,6 +344,8 @@ async fn session(
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let agent_id = spool.agent_id().to_vec();
 
+    // Config exchange: the first message of the watch is the current config; later
+    // ones are changes, applied to this session as they come.
     let request = authed(
         GetConfigRequest {
             agent_id: agent_id.clone(),
@@ -317,12 +353,20 @@ async fn session(
         config,
         &token,
     )?;
-    let remote = timeout(config.connect_timeout, client.get_config(request))
+    let mut watch = timeout(config.connect_timeout, client.watch_config(request))
         .await
         .map_err(|_| SessionError::new("config exchange timed out"))?
         .map_err(|s| SessionError::status("config exchange", &s))?
         .into_inner();
-    let settings = Settings::new(config, Some(&remote));
+    let remote = match timeout(config.connect_timeout, watch.message()).await {
+        Err(_) => return Err(SessionError::new("config exchange timed out")),
+        Ok(Err(s)) => return Err(SessionError::status("config exchange", &s)),
+        Ok(Ok(Some(remote))) => remote,
+        Ok(Ok(None)) => return Err(SessionError::new("the backend sent no config")),
+    };
+    let id = spool.agent_id();
+    let mut settings = Settings::new(config, &remote, id)?;
+    let mut watching = true;
 
     let (tx, rx) = mpsc::channel::<AgentMessage>(config.window + 2);
     let hello = Hello {
@@ -371,11 +415,12 @@ async fn session(
         );
     }
     link.connected(format!(
-        "connected to {} as tenant `{}`; backend holds seq {}, spool holds up to {}",
+        "connected to {} as tenant `{}`; backend holds seq {}, spool holds up to {}; {}",
         config.endpoint,
         welcome.tenant,
         welcome.stored_seq,
-        spool.last_seq()
+        spool.last_seq(),
+        settings.describe()
     ));
 
     let mut stage = Stage {
@@ -397,9 +442,10 @@ async fn session(
         if ready && in_flight.len() < config.window {
             let entries = stage.take();
             let chunks = entries.len() as u64;
-            let compression = settings.compression;
-            let batch = tokio::task::block_in_place(|| batch::build(entries, compression))
-                .map_err(|e| SessionError::new(format!("compressing a batch: {e}")))?;
+            let batch = tokio::task::block_in_place(|| {
+                batch::build(entries, settings.compression, settings.sealer.as_ref())
+            })
+            .map_err(|e| SessionError::new(format!("compressing a batch: {e}")))?;
             let c = &shared.counters;
             c.batches_sent.fetch_add(1, Ordering::Relaxed);
             c.chunks_sent.fetch_add(chunks, Ordering::Relaxed);
@@ -452,6 +498,21 @@ async fn session(
                 c.batches_acked.fetch_add(1, Ordering::Relaxed);
                 c.ack_latency_us_total.fetch_add(sent.elapsed().as_micros() as u64, Ordering::Relaxed);
             }
+            update = watch.message(), if watching => match update {
+                Ok(Some(remote)) => {
+                    let next = Settings::new(config, &remote, id)?;
+                    if next != settings {
+                        info!("the backend changed this agent's settings: {}", next.describe());
+                        settings = next;
+                    }
+                }
+                Err(s) if matches!(s.code(), Code::PermissionDenied | Code::Unauthenticated) => {
+                    return Err(SessionError::status("config watch", &s));
+                }
+                // An older or restarting backend: keep the settings we have; the next
+                // session fetches them again.
+                Ok(None) | Err(_) => watching = false,
+            },
             _ = shared.wake.notified() => {}
             _ = sleep_until_opt(ack_deadline) => {
                 return Err(SessionError::new(format!(

@@ -1,7 +1,9 @@
 //! The logferry backend, behind the `logferry` binary.
 //!
 //! - [`tenants`]: the tenant registry (YAML), access keys and agent settings.
-//! - [`auth`]: Ed25519-signed JWTs bound to access keys.
+//! - [`auth`]: Ed25519-signed JWTs bound to access keys, and the revocation list.
+//! - [`keys`]: tenants' payload decryption keys, for routers.
+//! - [`live`]: the registry and revocation list, reloaded while running.
 //! - [`pki`]: the development CA and server certificate, and server TLS.
 //! - [`ingest`]: the gRPC `Ingest` service: authentication, dedup marks, durable append.
 //! - [`router`]: one cursor per destination over the buffer; decodes chunks and
@@ -13,6 +15,8 @@
 pub mod auth;
 pub mod fsutil;
 pub mod ingest;
+pub mod keys;
+pub mod live;
 pub mod metrics;
 pub mod pki;
 pub mod router;

@@ -1,14 +1,19 @@
 //! `logferry`: the backend binary.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use logferry_backend::auth::TokenAuthority;
+use logferry_backend::auth::{Revocations, TokenAuthority, decode_unverified, revoke};
+use logferry_backend::ingest::Authenticator;
+use logferry_backend::keys::{KeyRing, keys_dir};
+use logferry_backend::live::Live;
 use logferry_backend::send::{self, SendArgs};
 use logferry_backend::serve::{self, ServeArgs};
+use logferry_backend::tenants::Registry;
 use logferry_backend::tenants::TenantStore;
 use tracing_subscriber::EnvFilter;
 
@@ -42,9 +47,12 @@ enum LogFormat {
 enum Command {
     /// Ingest, buffer and route in one process (embedded defaults).
     Serve(ServeArgs),
-    /// Tokens for agents.
+    /// Tokens for agents: issue, revoke, inspect.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Tenants' payload encryption keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Ship lines from a file or stdin, without Fluent Bit.
     Send(SendArgs),
     /// Stateless ingest into Kafka (not in this build yet).
@@ -69,6 +77,46 @@ enum TokenCommand {
         /// Lifetime, like `30d` or `12h`.
         #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
         ttl: Duration,
+    },
+    /// Add a token id (jti) to the revocation list. A running backend applies it
+    /// within seconds and closes the streams that use it.
+    Revoke {
+        #[arg(long, env = "LOGFERRY_DATA_DIR", default_value = "./logferry-data")]
+        data_dir: PathBuf,
+        /// Revocation list; default: `<data-dir>/revoked-tokens`.
+        #[arg(long, env = "LOGFERRY_REVOKED_TOKENS")]
+        revoked_tokens: Option<PathBuf>,
+        /// Why, kept as a comment in the list.
+        #[arg(long)]
+        reason: Option<String>,
+        jti: String,
+    },
+    /// Decode a token and say whether this backend accepts it, and if not, why.
+    /// Exits 1 when it is not valid.
+    Inspect {
+        #[arg(long, env = "LOGFERRY_DATA_DIR", default_value = "./logferry-data")]
+        data_dir: PathBuf,
+        #[arg(long, env = "LOGFERRY_TENANTS")]
+        tenants: Option<PathBuf>,
+        #[arg(long, env = "LOGFERRY_REVOKED_TOKENS")]
+        revoked_tokens: Option<PathBuf>,
+        token: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Create a tenant's next encryption key pair. The private key stays in
+    /// `<data-dir>/keys/tenants/<tenant>/<id>.key` for routers; the registry lines
+    /// that hand the public key to agents are printed.
+    Generate {
+        #[arg(long, env = "LOGFERRY_DATA_DIR", default_value = "./logferry-data")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        tenant: String,
+        /// Key id; default: one above the highest present.
+        #[arg(long)]
+        key_id: Option<u32>,
     },
 }
 
@@ -122,9 +170,102 @@ fn run(cli: Cli) -> Result<()> {
             println!("{token}");
             Ok(())
         }
+        Command::Token(TokenCommand::Revoke {
+            data_dir,
+            revoked_tokens,
+            reason,
+            jti,
+        }) => {
+            let path = revoked_tokens.unwrap_or_else(|| data_dir.join("revoked-tokens"));
+            if revoke(&path, &jti, reason.as_deref())? {
+                eprintln!(
+                    "revoked {jti} in {}; a running backend applies it within seconds",
+                    path.display()
+                );
+            } else {
+                eprintln!("{jti} was revoked already in {}", path.display());
+            }
+            Ok(())
+        }
+        Command::Token(TokenCommand::Inspect {
+            data_dir,
+            tenants,
+            revoked_tokens,
+            token,
+        }) => inspect(&data_dir, tenants, revoked_tokens, &token),
+        Command::Keys(KeysCommand::Generate {
+            data_dir,
+            tenant,
+            key_id,
+        }) => {
+            let ring = KeyRing::new(keys_dir(&data_dir));
+            let (id, public) = ring.generate(&tenant, key_id)?;
+            eprintln!(
+                "created key id {id} of tenant `{tenant}`; its private half is in {}.\n\
+                 Copy that file to every router (`logferry serve` / `logferry route`) before \
+                 agents use the key, then set these lines in the tenant's entry of the \
+                 registry; agents switch within seconds, and batches sealed under older ids \
+                 still open while their key files stay:\n",
+                keys_dir(&data_dir)
+                    .join(&tenant)
+                    .join(format!("{id}.key"))
+                    .display()
+            );
+            print!(
+                "    encryption:\n      key_id: {id}\n      public_key: \"{}\"\n",
+                public.to_base64()
+            );
+            Ok(())
+        }
         Command::Ingest => not_in_this_build("`logferry ingest` (Kafka buffer)"),
         Command::Route => not_in_this_build("`logferry route` (Kafka buffer)"),
         Command::Verify { .. } => not_in_this_build("`logferry verify` (hash-chained files)"),
+    }
+}
+
+/// `logferry token inspect`: prints the header and claims, then the verdict.
+fn inspect(
+    data_dir: &Path,
+    tenants: Option<PathBuf>,
+    revoked_tokens: Option<PathBuf>,
+    token: &str,
+) -> Result<()> {
+    let token = token.trim();
+    let (header, claims) = decode_unverified(token).map_err(anyhow::Error::msg)?;
+    println!("header: {header}");
+    println!("claims: {claims}");
+    for (name, label) in [("iat", "issued"), ("exp", "expires")] {
+        if let Some(t) = claims[name]
+            .as_i64()
+            .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+        {
+            println!("{label}: {}", t.to_rfc3339());
+        }
+    }
+    let tenants = tenants.unwrap_or_else(|| data_dir.join("tenants.yaml"));
+    let revoked = revoked_tokens.unwrap_or_else(|| data_dir.join("revoked-tokens"));
+    let auth = Authenticator {
+        tokens: Arc::new(TokenAuthority::load_or_create(&data_dir.join("keys"))?),
+        live: Live::new(
+            Arc::new(Registry::load(&tenants)?),
+            Revocations::load(&revoked)?,
+        ),
+    };
+    let access_key = claims["sub"].as_str().unwrap_or_default();
+    let verdict = auth
+        .tokens
+        .verify(token, access_key)
+        .map_err(|e| e.to_string())
+        .and_then(|c| auth.authorize(&c).map_err(|s| s.message().to_string()));
+    match verdict {
+        Ok(principal) => {
+            println!(
+                "valid: access key `{}` of tenant `{}`",
+                principal.access_key, principal.tenant
+            );
+            Ok(())
+        }
+        Err(reason) => bail!("not valid: {reason}"),
     }
 }
 

@@ -10,12 +10,18 @@
 //! | `ingest_wire_bytes_total` | counter | tenant | payload bytes as received |
 //! | `ingest_duplicate_batches_total` | counter | tenant | re-sent batches acked without storing |
 //! | `auth_failures_total` | counter | reason | refused calls: `unauthenticated`, `permission_denied` |
+//! | `rate_limited_total` | counter | tenant | batches refused with RESOURCE_EXHAUSTED by the tenant's rate limit |
+//! | `registry_reloads_total` | counter | result | tenant registry and revocation list reloads: `ok`, `error` |
+//! | `registry_version` | gauge | | version of the registry in use (starts at 1, +1 per reload) |
+//! | `revoked_tokens` | gauge | | `jti`s in the revocation list |
 //! | `buffer_bytes` | gauge | | bytes of retained buffer segments |
 //! | `buffer_end_offset` | gauge | | offset the next stored batch gets |
 //! | `destination_records_total` | counter | destination | records delivered |
 //! | `destination_dead_letters_total` | counter | destination | dead-lettered chunks and batches |
 //! | `destination_duplicates_skipped_total` | counter | destination | chunks skipped as already delivered |
 //! | `destination_lag_batches` | gauge | destination | stored batches not yet delivered |
+//! | `destination_batches_opened_total` | counter | destination, key_id | batches opened; key id `0`: not encrypted |
+//! | `destination_open_failures_total` | counter | destination, reason | batches dead-lettered because they did not open: `unknown_key`, `seal`, `payload` |
 //!
 //! `/healthz` answers 200 while the process runs. `/readyz` answers 503 until the
 //! buffer has been recovered and the gRPC listener is up, and again once shutdown has
@@ -44,12 +50,18 @@ pub struct Metrics {
     pub ingest_wire_bytes: IntCounterVec,
     pub ingest_duplicates: IntCounterVec,
     pub auth_failures: IntCounterVec,
+    pub rate_limited: IntCounterVec,
+    pub registry_reloads: IntCounterVec,
+    pub registry_version: IntGauge,
+    pub revoked_tokens: IntGauge,
     pub buffer_bytes: IntGauge,
     pub buffer_end_offset: IntGauge,
     destination_records: IntCounterVec,
     destination_dead_letters: IntCounterVec,
     destination_duplicates: IntCounterVec,
     destination_lag: IntGaugeVec,
+    destination_opened: IntCounterVec,
+    destination_open_failures: IntCounterVec,
     ready: Arc<AtomicBool>,
 }
 
@@ -60,13 +72,32 @@ pub struct DestinationMetrics {
     pub dead_letters: IntCounter,
     pub duplicates_skipped: IntCounter,
     pub lag: IntGauge,
+    opened: IntCounterVec,
+    open_failures: IntCounterVec,
+    name: String,
+}
+
+impl DestinationMetrics {
+    /// Counts a batch opened under `key_id` (0: not encrypted).
+    pub fn opened(&self, key_id: u32) {
+        self.opened
+            .with_label_values(&[self.name.as_str(), &key_id.to_string()])
+            .inc();
+    }
+
+    /// Counts a batch that did not open, by reason.
+    pub fn open_failed(&self, reason: &str) {
+        self.open_failures
+            .with_label_values(&[self.name.as_str(), reason])
+            .inc();
+    }
 }
 
 impl Metrics {
     pub fn new() -> Result<Self> {
         let registry = Registry::new_custom(Some("logferry".into()), None)?;
-        let counter = |name: &str, help: &str, label: &str| -> Result<IntCounterVec> {
-            let metric = IntCounterVec::new(Opts::new(name, help), &[label])?;
+        let counter = |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec> {
+            let metric = IntCounterVec::new(Opts::new(name, help), labels)?;
             registry.register(Box::new(metric.clone()))?;
             Ok(metric)
         };
@@ -87,49 +118,71 @@ impl Metrics {
             ingest_batches: counter(
                 "ingest_batches_total",
                 "Batches stored in the buffer",
-                "tenant",
+                &["tenant"],
             )?,
             ingest_chunks: counter(
                 "ingest_chunks_total",
                 "Fluent Bit chunks in the stored batches",
-                "tenant",
+                &["tenant"],
             )?,
             ingest_raw_bytes: counter(
                 "ingest_raw_bytes_total",
                 "Uncompressed bytes of the stored batches",
-                "tenant",
+                &["tenant"],
             )?,
             ingest_wire_bytes: counter(
                 "ingest_wire_bytes_total",
                 "Payload bytes of the stored batches as received",
-                "tenant",
+                &["tenant"],
             )?,
             ingest_duplicates: counter(
                 "ingest_duplicate_batches_total",
                 "Re-sent batches acked without storing them again",
-                "tenant",
+                &["tenant"],
             )?,
             auth_failures: counter(
                 "auth_failures_total",
                 "Calls refused by authentication or authorisation",
-                "reason",
+                &["reason"],
             )?,
             buffer_bytes: gauge("buffer_bytes", "Bytes of retained buffer segments")?,
             buffer_end_offset: gauge("buffer_end_offset", "Offset the next stored batch gets")?,
             destination_records: counter(
                 "destination_records_total",
                 "Records delivered to the destination",
-                "destination",
+                &["destination"],
             )?,
             destination_dead_letters: counter(
                 "destination_dead_letters_total",
                 "Chunks and batches the destination dead-lettered",
-                "destination",
+                &["destination"],
             )?,
             destination_duplicates: counter(
                 "destination_duplicates_skipped_total",
                 "Chunks skipped because the destination had delivered them already",
-                "destination",
+                &["destination"],
+            )?,
+            rate_limited: counter(
+                "rate_limited_total",
+                "Batches refused by the tenant's rate limit",
+                &["tenant"],
+            )?,
+            registry_reloads: counter(
+                "registry_reloads_total",
+                "Reloads of the tenant registry and revocation list",
+                &["result"],
+            )?,
+            registry_version: gauge("registry_version", "Version of the tenant registry in use")?,
+            revoked_tokens: gauge("revoked_tokens", "Token ids in the revocation list")?,
+            destination_opened: counter(
+                "destination_batches_opened_total",
+                "Batches the destination opened, by encryption key id (0: not encrypted)",
+                &["destination", "key_id"],
+            )?,
+            destination_open_failures: counter(
+                "destination_open_failures_total",
+                "Batches dead-lettered because they did not open",
+                &["destination", "reason"],
             )?,
             destination_lag,
             ready: Arc::new(AtomicBool::new(false)),
@@ -144,6 +197,9 @@ impl Metrics {
             dead_letters: self.destination_dead_letters.with_label_values(&[name]),
             duplicates_skipped: self.destination_duplicates.with_label_values(&[name]),
             lag: self.destination_lag.with_label_values(&[name]),
+            opened: self.destination_opened.clone(),
+            open_failures: self.destination_open_failures.clone(),
+            name: name.to_string(),
         }
     }
 

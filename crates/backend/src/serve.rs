@@ -1,9 +1,12 @@
 //! `logferry serve`: ingest, buffer and router in one process.
 //!
 //! On embedded defaults (no flags) it needs nothing but a data directory:
-//! - `<data-dir>/keys/`: the Ed25519 token-signing key, created once;
+//! - `<data-dir>/keys/`: the Ed25519 token-signing key, created once, and
+//!   `keys/tenants/<tenant>/<key_id>.key`, the tenants' payload decryption keys;
+//! - `<data-dir>/revoked-tokens`: the token revocation list (`logferry token revoke`);
 //! - `<data-dir>/tls/`: a development CA and server certificate, created once;
-//! - `<data-dir>/tenants.yaml`: a development tenant `dev` with one access key;
+//! - `<data-dir>/tenants.yaml`: a development tenant `dev` with one access key and
+//!   payload encryption on (key id 1);
 //! - `<data-dir>/dev-credentials.env`: endpoint, access key, a fresh token, CA file;
 //! - `<data-dir>/buffer/`: the embedded durable buffer;
 //! - `<data-dir>/files/<tenant>/<access_key>/<access_key>.jsonl`: the file sink;
@@ -12,7 +15,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -23,8 +26,10 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{info, warn};
 
-use crate::auth::TokenAuthority;
+use crate::auth::{Revocations, TokenAuthority};
 use crate::ingest::{Authenticator, IngestService, Marks};
+use crate::keys::{KeyRing, encryption_spec, keys_dir};
+use crate::live::{Live, Reloader};
 use crate::metrics::{self, Metrics};
 use crate::pki::{ServerPki, ensure_dev_pki, server_tls};
 use crate::router::{Destination, Router};
@@ -52,9 +57,17 @@ pub struct ServeArgs {
     /// Private key of `--tls-cert` (PEM).
     #[arg(long, env = "LOGFERRY_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-    /// Serve without TLS. Refused on non-loopback addresses.
+    /// Serve without TLS. Refused on non-loopback addresses unless
+    /// `--plaintext-on-public-interface` is given too.
     #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
     pub plaintext: bool,
+    /// Allow `--plaintext` on a non-loopback address (behind a TLS-terminating proxy
+    /// or a service mesh that encrypts the hop). Tokens then cross that hop in clear.
+    #[arg(long, requires = "plaintext")]
+    pub plaintext_on_public_interface: bool,
+    /// Token revocation list. Default: `<data-dir>/revoked-tokens`.
+    #[arg(long, env = "LOGFERRY_REVOKED_TOKENS")]
+    pub revoked_tokens: Option<PathBuf>,
     /// Size cap of the embedded buffer; at the cap ingest answers RESOURCE_EXHAUSTED.
     #[arg(long, env = "LOGFERRY_BUFFER_MAX_SIZE", default_value = "8G", value_parser = parse_size)]
     pub buffer_max_size: u64,
@@ -105,18 +118,33 @@ pub fn parse_on_off(value: &str) -> Result<bool, String> {
     }
 }
 
-/// The registry in use, and whether it is the generated development one.
-pub fn load_registry(data_dir: &Path, tenants: Option<&Path>) -> Result<(Registry, bool)> {
+/// The registry in use, its path, and whether it is the generated development one.
+/// A new development registry encrypts: its key pair is created with it.
+pub fn load_registry(data_dir: &Path, tenants: Option<&Path>) -> Result<(Registry, PathBuf, bool)> {
     if let Some(path) = tenants {
-        return Ok((Registry::load(path)?, false));
+        return Ok((Registry::load(path)?, path.to_path_buf(), false));
     }
     let path = data_dir.join("tenants.yaml");
     if path.exists() {
-        return Ok((Registry::load(&path)?, true));
+        return Ok((Registry::load(&path)?, path, true));
     }
-    let registry = Registry::development();
+    let ring = KeyRing::new(keys_dir(data_dir));
+    let encryption = match ring.ids("dev")?.last() {
+        Some(&id) => {
+            let public = ring
+                .get("dev", id)
+                .map_err(anyhow::Error::msg)?
+                .public_key();
+            encryption_spec(id, &public)
+        }
+        None => {
+            let (id, public) = ring.generate("dev", None)?;
+            encryption_spec(id, &public)
+        }
+    };
+    let registry = Registry::development(Some(encryption));
     crate::fsutil::write_atomic(&path, registry.to_yaml()?.as_bytes())?;
-    Ok((registry, true))
+    Ok((registry, path, true))
 }
 
 /// Registers SIGINT and SIGTERM handlers now, so a signal that comes right after
@@ -134,16 +162,22 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
 }
 
 pub async fn run(args: ServeArgs) -> Result<()> {
-    if args.plaintext && !args.listen.ip().is_loopback() {
+    if args.plaintext && !args.listen.ip().is_loopback() && !args.plaintext_on_public_interface {
         bail!(
-            "refusing to serve plaintext on {}: --plaintext is for loopback addresses only",
+            "refusing to serve plaintext on {}: --plaintext is for loopback addresses; add \
+             --plaintext-on-public-interface if a proxy or mesh encrypts this hop",
             args.listen
         );
     }
     let data = &args.data_dir;
     std::fs::create_dir_all(data).with_context(|| format!("creating `{}`", data.display()))?;
     let tokens = Arc::new(TokenAuthority::load_or_create(&data.join("keys"))?);
-    let (registry, development) = load_registry(data, args.tenants.as_deref())?;
+    let (registry, registry_path, development) = load_registry(data, args.tenants.as_deref())?;
+    let revoked_path = args
+        .revoked_tokens
+        .clone()
+        .unwrap_or_else(|| data.join("revoked-tokens"));
+    let revoked = Revocations::load(&revoked_path)?;
     let pki = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(ServerPki {
             cert: cert.clone(),
@@ -157,6 +191,8 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     // Up before the buffer is recovered, so /healthz answers and /readyz says not yet.
     let (shutdown_tx, shutdown) = watch::channel(false);
     let metrics = Metrics::new()?;
+    metrics.registry_version.set(1);
+    metrics.revoked_tokens.set(revoked.len() as i64);
     if let MetricsListen(Some(addr)) = args.metrics_listen {
         let bound = metrics::serve(addr, metrics.clone(), shutdown.clone()).await?;
         eprintln!("logferry: metrics on http://{bound}/metrics (also /healthz, /readyz)");
@@ -176,11 +212,13 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let marks = Arc::new(Marks::load(&data.join("marks.json"), &log)?);
     info!("dedup marks for {} agent(s) loaded", marks.len());
 
+    let keys = Arc::new(KeyRing::new(keys_dir(data)));
     let mut destinations = vec![Destination::open(
         "files",
         Box::new(FileSink::new(data.join("files"))),
         data,
         metrics.destination("files"),
+        keys.clone(),
     )?];
     if args.print_events {
         destinations.push(Destination::open(
@@ -188,6 +226,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
             Box::new(StdoutSink),
             data,
             metrics.destination("stdout"),
+            keys,
         )?);
     }
     tokio::spawn(watch_buffer(log.clone(), metrics.clone(), shutdown.clone()));
@@ -201,9 +240,17 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let endpoint = format!("{scheme}://{local}");
 
     let store: Arc<dyn TenantStore> = Arc::new(registry.clone());
+    let live = Live::new(store, revoked);
+    Reloader {
+        live: live.clone(),
+        registry: registry_path,
+        revoked: revoked_path,
+        metrics: metrics.clone(),
+    }
+    .spawn(shutdown.clone())?;
     let auth = Authenticator {
         tokens: tokens.clone(),
-        tenants: Arc::new(RwLock::new(store)),
+        live,
     };
     let service = IngestService {
         auth,
@@ -211,6 +258,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         marks,
         shutdown: shutdown.clone(),
         metrics: metrics.clone(),
+        limiter: Arc::default(),
     };
 
     if development {

@@ -12,6 +12,12 @@
 //!       batch_max_bytes: 4M      #   setting for any field not given here, and a
 //!       batch_max_delay: 50ms    #   property set in the [OUTPUT] section always wins
 //!       compress: zstd           # zstd | none
+//!     encryption:                # optional; absent: TLS alone protects the link
+//!       key_id: 1                #   from `logferry keys generate --tenant acme`;
+//!       public_key: "base64..."  #   routers hold the private half
+//!     rate_limit:                # optional; over it, RESOURCE_EXHAUSTED + retry hint
+//!       bytes_per_sec: 64M       #   compressed bytes on the wire
+//!       batches_per_sec: 500
 //! ```
 //!
 //! The registry sits behind [`TenantStore`] so a database-backed store can replace
@@ -39,6 +45,38 @@ pub struct TenantSpec {
     pub access_keys: Vec<AccessKeySpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitSpec>,
+}
+
+/// The key agents seal this tenant's batches to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionSpec {
+    /// 1 or more; names the private key file routers open with.
+    pub key_id: u32,
+    /// X25519 public key, base64 of 32 bytes.
+    pub public_key: String,
+}
+
+/// Per-tenant ingest limits. Each field is optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSpec {
+    /// Compressed payload bytes per second, like `64M`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_per_sec: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batches_per_sec: Option<u32>,
+}
+
+/// A resolved rate limit; 0 means unlimited.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateLimit {
+    pub bytes_per_sec: u64,
+    pub batches_per_sec: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +117,7 @@ pub struct Principal {
 pub trait TenantStore: Send + Sync {
     fn lookup(&self, access_key: &str) -> Option<Principal>;
     fn agent_config(&self, tenant: &str) -> AgentConfig;
+    fn rate_limit(&self, tenant: &str) -> RateLimit;
 }
 
 /// The validated, indexed registry.
@@ -86,6 +125,7 @@ pub trait TenantStore: Send + Sync {
 pub struct Registry {
     keys: HashMap<String, Principal>,
     agents: HashMap<String, AgentConfig>,
+    limits: HashMap<String, RateLimit>,
     file: RegistryFile,
 }
 
@@ -127,9 +167,12 @@ impl Registry {
             if registry.agents.contains_key(&tenant.name) {
                 bail!("tenant `{}` is listed twice", tenant.name);
             }
-            let config = agent_config(&tenant.name, tenant.agent.as_ref())
-                .with_context(|| format!("in the agent settings of tenant `{}`", tenant.name))?;
+            let config = agent_config(tenant)
+                .with_context(|| format!("in the settings of tenant `{}`", tenant.name))?;
             registry.agents.insert(tenant.name.clone(), config);
+            let limit = rate_limit(tenant.rate_limit.as_ref())
+                .with_context(|| format!("in the rate limit of tenant `{}`", tenant.name))?;
+            registry.limits.insert(tenant.name.clone(), limit);
             for key in &tenant.access_keys {
                 check_name("access key", &key.key)?;
                 let principal = Principal {
@@ -159,8 +202,8 @@ impl Registry {
     }
 
     /// The registry `logferry serve` creates on embedded defaults: tenant `dev`
-    /// with one random access key.
-    pub fn development() -> Self {
+    /// with one random access key, encrypting to `encryption` when given.
+    pub fn development(encryption: Option<EncryptionSpec>) -> Self {
         let mut bytes = [0u8; 12];
         rand::rng().fill_bytes(&mut bytes);
         let file = RegistryFile {
@@ -172,6 +215,8 @@ impl Registry {
                     description: Some("created by `logferry serve` for development".into()),
                 }],
                 agent: None,
+                encryption,
+                rate_limit: None,
             }],
         };
         Self::from_file(file).expect("the development registry is valid")
@@ -186,14 +231,43 @@ impl TenantStore for Registry {
     fn agent_config(&self, tenant: &str) -> AgentConfig {
         self.agents.get(tenant).cloned().unwrap_or_default()
     }
+
+    fn rate_limit(&self, tenant: &str) -> RateLimit {
+        self.limits.get(tenant).copied().unwrap_or_default()
+    }
 }
 
-fn agent_config(tenant: &str, spec: Option<&AgentSpec>) -> Result<AgentConfig> {
+fn rate_limit(spec: Option<&RateLimitSpec>) -> Result<RateLimit> {
+    let Some(spec) = spec else {
+        return Ok(RateLimit::default());
+    };
+    let bytes_per_sec = match &spec.bytes_per_sec {
+        Some(size) => logferry_agent::config::parse_size("bytes_per_sec", size)?,
+        None => 0,
+    };
+    Ok(RateLimit {
+        bytes_per_sec,
+        batches_per_sec: spec.batches_per_sec.unwrap_or(0),
+    })
+}
+
+fn agent_config(tenant: &TenantSpec) -> Result<AgentConfig> {
     let mut config = AgentConfig {
-        tenant: tenant.to_string(),
+        tenant: tenant.name.clone(),
         ..AgentConfig::default()
     };
-    let Some(spec) = spec else { return Ok(config) };
+    if let Some(encryption) = &tenant.encryption {
+        if encryption.key_id == 0 {
+            bail!("encryption.key_id must be 1 or more (0 means not encrypted)");
+        }
+        let key = logferry_agent::seal::PublicKey::from_base64(&encryption.public_key)
+            .map_err(|e| anyhow::anyhow!("encryption.public_key: {e}"))?;
+        config.encryption_key_id = encryption.key_id;
+        config.encryption_public_key = key.to_bytes();
+    }
+    let Some(spec) = &tenant.agent else {
+        return Ok(config);
+    };
     if let Some(size) = &spec.batch_max_bytes {
         config.batch_max_bytes = logferry_agent::config::parse_size("batch_max_bytes", size)?;
     }
@@ -278,7 +352,7 @@ tenants:
 
     #[test]
     fn development_registry() {
-        let r = Registry::development();
+        let r = Registry::development(None);
         let key = &r.file().tenants[0].access_keys[0].key;
         assert!(key.starts_with("ak_dev_") && key.len() == 7 + 24);
         assert_eq!(r.lookup(key).unwrap().tenant, "dev");

@@ -256,4 +256,19 @@ impl Ingest for Discard {
     ) -> Result<Response<AgentConfig>, Status> {
         Ok(Response::new(AgentConfig::default()))
     }
+
+    type WatchConfigStream = ReceiverStream<Result<AgentConfig, Status>>;
+
+    async fn watch_config(
+        &self,
+        _request: Request<GetConfigRequest>,
+    ) -> Result<Response<Self::WatchConfigStream>, Status> {
+        // The current (default) config, then nothing: the stream stays open.
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(async move {
+            let _ = tx.send(Ok(AgentConfig::default())).await;
+            tx.closed().await;
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
 }

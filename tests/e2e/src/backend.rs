@@ -192,6 +192,30 @@ impl Backend {
         }
     }
 
+    /// The environment `logferry send` reads its credentials from.
+    pub fn credentials_env(&self) -> Vec<(String, String)> {
+        let credentials = self.credentials();
+        vec![
+            ("LOGFERRY_ENDPOINT".into(), credentials.endpoint),
+            ("LOGFERRY_ACCESS_KEY".into(), credentials.access_key),
+            ("LOGFERRY_ACCESS_TOKEN".into(), credentials.access_token),
+            ("LOGFERRY_CA_FILE".into(), credentials.ca_file),
+            ("NO_COLOR".into(), "1".into()),
+        ]
+    }
+
+    /// Polls `metric(sample)` until it reaches `at_least`; returns the last value.
+    pub fn wait_for_metric(&self, sample: &str, at_least: f64, timeout: Duration) -> f64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let value = self.metric(sample).unwrap_or(0.0);
+            if value >= at_least || Instant::now() > deadline {
+                return value;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Every stderr line so far.
     pub fn stderr(&self) -> Vec<String> {
         self.stderr.lock().unwrap().clone()

@@ -81,14 +81,7 @@ fn send(args: &[&str], env: Vec<(String, String)>, input: &[u8]) -> std::process
 }
 
 fn credentials_env(backend: &Backend) -> Vec<(String, String)> {
-    let credentials = backend.credentials();
-    vec![
-        ("LOGFERRY_ENDPOINT".into(), credentials.endpoint),
-        ("LOGFERRY_ACCESS_KEY".into(), credentials.access_key),
-        ("LOGFERRY_ACCESS_TOKEN".into(), credentials.access_token),
-        ("LOGFERRY_CA_FILE".into(), credentials.ca_file),
-        ("NO_COLOR".into(), "1".into()),
-    ]
+    backend.credentials_env()
 }
 
 #[test]

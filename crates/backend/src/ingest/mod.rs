@@ -2,9 +2,11 @@
 //! durably to the buffer, then ack.
 
 mod auth;
+mod limit;
 mod marks;
 mod service;
 
-pub use auth::{Authenticator, status_for};
+pub use auth::{Authenticator, Session, status_for};
+pub use limit::Limiter;
 pub use marks::{AgentKey, Marks};
 pub use service::{IngestService, MAX_RAW_BATCH_BYTES};

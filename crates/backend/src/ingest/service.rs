@@ -17,8 +17,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
-use super::auth::Authenticator;
+use super::auth::{Authenticator, Session};
+use super::limit::Limiter;
 use super::marks::{AgentMark, Marks};
+use crate::auth::LEEWAY_SECS;
 use crate::tenants::Principal;
 
 /// How long a new stream may take to say hello.
@@ -32,8 +34,24 @@ pub struct IngestService {
     pub log: Arc<EmbeddedLog>,
     pub marks: Arc<Marks>,
     pub metrics: Metrics,
+    pub limiter: Arc<Limiter>,
     /// Set when the backend shuts down: open streams end with UNAVAILABLE.
     pub shutdown: watch::Receiver<bool>,
+}
+
+/// When a session's token expires, as an instant (with the verification leeway).
+fn expiry(session: &Session) -> tokio::time::Instant {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let left = (session.claims.exp + LEEWAY_SECS).saturating_sub(now);
+    tokio::time::Instant::now() + Duration::from_secs(left)
+}
+
+fn expired() -> Status {
+    Status::unauthenticated(
+        "the token expired during the stream; reconnect with a fresh one from access_token_file",
+    )
 }
 
 fn invalid(message: String) -> Status {
@@ -108,6 +126,37 @@ impl IngestService {
         batch: Batch,
     ) -> Result<Ack, Status> {
         validate(&batch)?;
+        let tenants = self.auth.live.tenants();
+        let required = tenants.agent_config(&principal.tenant).encryption_key_id;
+        if required != 0 && batch.key_id == 0 {
+            // The buffer holds ciphertext only for a tenant that encrypts. An agent with
+            // settings from before encryption was turned on gets the new ones when it
+            // reconnects, and seals the same chunks.
+            return Err(invalid(format!(
+                "tenant `{}` requires sealed batches (key id {required}), this one is not \
+                 encrypted; the agent picks up the key when it reconnects",
+                principal.tenant
+            )));
+        }
+        let limit = tenants.rate_limit(&principal.tenant);
+        let wire_bytes = batch.payload.len() as u64;
+        if let Err(wait) = self.limiter.admit(&principal.tenant, limit, wire_bytes) {
+            self.metrics
+                .rate_limited
+                .with_label_values(&[principal.tenant.as_str()])
+                .inc();
+            let wait_ms = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX).max(1);
+            let mut status = Status::resource_exhausted(format!(
+                "tenant `{}` is over its rate limit ({} bytes/s, {} batches/s; 0 = none); \
+                 retry in {wait_ms} ms",
+                principal.tenant, limit.bytes_per_sec, limit.batches_per_sec
+            ));
+            status.metadata_mut().insert(
+                "retry-after-ms",
+                tonic::metadata::MetadataValue::from(wait_ms),
+            );
+            return Err(status);
+        }
         let _serial = mark.lock.lock().await;
         let stored = mark.stored.load(Ordering::Acquire);
         if batch.last_seq <= stored {
@@ -148,7 +197,6 @@ impl IngestService {
         };
         let log = self.log.clone();
         let payload = batch.payload;
-        let wire_bytes = payload.len() as u64;
         tokio::task::spawn_blocking(move || log.append(&meta, &payload))
             .await
             .map_err(|e| Status::internal(format!("buffer append task failed: {e}")))?
@@ -177,11 +225,11 @@ impl IngestService {
 
     async fn run_stream(
         self,
-        principal: Principal,
+        session: Session,
         mut inbound: Streaming<AgentMessage>,
         tx: mpsc::Sender<Result<ServerMessage, Status>>,
     ) {
-        let result = self.serve_stream(&principal, &mut inbound, &tx).await;
+        let result = self.serve_stream(&session, &mut inbound, &tx).await;
         if let Err(status) = result {
             let _ = tx.send(Err(status)).await;
         }
@@ -189,10 +237,11 @@ impl IngestService {
 
     async fn serve_stream(
         &self,
-        principal: &Principal,
+        session: &Session,
         inbound: &mut Streaming<AgentMessage>,
         tx: &mpsc::Sender<Result<ServerMessage, Status>>,
     ) -> Result<(), Status> {
+        let principal = &session.principal;
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Err(_) => return Err(invalid("no hello within 10s".into())),
             Ok(message) => match message?.and_then(|m| m.msg) {
@@ -228,12 +277,22 @@ impl IngestService {
         send(tx, server_message::Msg::Welcome(welcome)).await?;
 
         let mut shutdown = self.shutdown.clone();
+        let mut changes = self.auth.live.subscribe();
+        let expires = expiry(session);
         loop {
             let message = tokio::select! {
                 message = inbound.message() => message?,
                 _ = shutdown.wait_for(|down| *down) => {
                     return Err(Status::unavailable("the backend is shutting down; reconnect shortly"));
                 }
+                _ = changes.changed() => {
+                    // A disabled key or a revoked token ends the stream now.
+                    self.auth
+                        .authorize(&session.claims)
+                        .inspect_err(|status| self.metrics.auth_failed(status))?;
+                    continue;
+                }
+                _ = tokio::time::sleep_until(expires) => return Err(expired()),
             };
             let Some(message) = message else {
                 debug!(agent = %agent, "agent closed its stream");
@@ -275,13 +334,13 @@ impl Ingest for IngestService {
                 "the backend is shutting down; reconnect shortly",
             ));
         }
-        let principal = self
+        let session = self
             .auth
             .authenticate(request.metadata())
             .inspect_err(|status| self.metrics.auth_failed(status))?;
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
-        tokio::spawn(self.clone().run_stream(principal, inbound, tx));
+        tokio::spawn(self.clone().run_stream(session, inbound, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -289,16 +348,77 @@ impl Ingest for IngestService {
         &self,
         request: Request<GetConfigRequest>,
     ) -> Result<Response<AgentConfig>, Status> {
-        let principal = self
+        let session = self
             .auth
             .authenticate(request.metadata())
             .inspect_err(|status| self.metrics.auth_failed(status))?;
-        let store = self
+        Ok(Response::new(self.config_for(&session.principal)))
+    }
+
+    type WatchConfigStream = ReceiverStream<Result<AgentConfig, Status>>;
+
+    async fn watch_config(
+        &self,
+        request: Request<GetConfigRequest>,
+    ) -> Result<Response<Self::WatchConfigStream>, Status> {
+        let session = self
             .auth
-            .tenants
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        Ok(Response::new(store.agent_config(&principal.tenant)))
+            .authenticate(request.metadata())
+            .inspect_err(|status| self.metrics.auth_failed(status))?;
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(self.clone().run_watch(session, tx));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+impl IngestService {
+    /// The settings of `principal`'s tenant, stamped with the registry version.
+    fn config_for(&self, principal: &Principal) -> AgentConfig {
+        AgentConfig {
+            config_version: self.auth.live.version(),
+            ..self.auth.live.tenants().agent_config(&principal.tenant)
+        }
+    }
+
+    /// Sends the current config, then every change, until the agent goes away, its
+    /// credentials stop being valid, or the backend shuts down.
+    async fn run_watch(self, session: Session, tx: mpsc::Sender<Result<AgentConfig, Status>>) {
+        let mut changes = self.auth.live.subscribe();
+        let mut shutdown = self.shutdown.clone();
+        let expires = expiry(&session);
+        let mut principal = session.principal.clone();
+        let mut sent: Option<AgentConfig> = None;
+        loop {
+            let config = self.config_for(&principal);
+            let changed = sent.as_ref().is_none_or(|s| {
+                AgentConfig {
+                    config_version: config.config_version,
+                    ..s.clone()
+                } != config
+            });
+            if changed {
+                if tx.send(Ok(config.clone())).await.is_err() {
+                    return;
+                }
+                sent = Some(config);
+            }
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tx.closed() => return,
+                () = async { let _ = shutdown.wait_for(|down| *down).await; } => return,
+                _ = tokio::time::sleep_until(expires) => {
+                    let _ = tx.send(Err(expired())).await;
+                    return;
+                }
+            }
+            match self.auth.authorize(&session.claims) {
+                Ok(now) => principal = now,
+                Err(status) => {
+                    self.metrics.auth_failed(&status);
+                    let _ = tx.send(Err(status)).await;
+                    return;
+                }
+            }
+        }
     }
 }

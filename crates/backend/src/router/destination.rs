@@ -18,8 +18,9 @@ use anyhow::{Context, Result};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use logferry_agent::batch;
+use logferry_agent::seal::{self, BatchContext};
 use logferry_buffer::{EmbeddedLog, Record};
-use logferry_proto::v1::Compression;
+use logferry_proto::v1::{BatchPayload, Compression};
 use serde_json::json;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -27,6 +28,7 @@ use tracing::{error, info, warn};
 use super::checkpoint::Checkpoint;
 use super::decode::{Origin, decode_chunk, render, rfc3339};
 use crate::ingest::MAX_RAW_BATCH_BYTES;
+use crate::keys::KeyRing;
 use crate::metrics::DestinationMetrics;
 use crate::sinks::{FileSet, Sink};
 
@@ -42,6 +44,7 @@ pub struct Destination {
     checkpoint: Checkpoint,
     lines: Vec<u8>,
     metrics: DestinationMetrics,
+    keys: Arc<KeyRing>,
 }
 
 impl std::fmt::Debug for Destination {
@@ -67,6 +70,7 @@ impl Destination {
         sink: Box<dyn Sink>,
         data_dir: &Path,
         metrics: DestinationMetrics,
+        keys: Arc<KeyRing>,
     ) -> Result<Self> {
         let checkpoint_path = data_dir
             .join("router")
@@ -81,6 +85,7 @@ impl Destination {
             checkpoint,
             lines: Vec::new(),
             metrics,
+            keys,
         };
         destination
             .recover()
@@ -159,6 +164,41 @@ impl Destination {
         self.dead.append(Path::new("dead-letter.jsonl"), &line)
     }
 
+    /// Opens a stored batch: unseal it when it is encrypted, then decompress and
+    /// decode it. The error says which step failed (a metric label) and why.
+    fn open_batch(&self, record: &Record) -> Result<BatchPayload, (&'static str, String)> {
+        let meta = &record.meta;
+        let compression = Compression::try_from(i32::from(meta.compression)).map_err(|_| {
+            (
+                "payload",
+                format!("unknown compression {}", meta.compression),
+            )
+        })?;
+        let unsealed;
+        let payload = if meta.key_id == 0 {
+            &record.payload[..]
+        } else {
+            let key = self
+                .keys
+                .get(&meta.tenant, meta.key_id)
+                .map_err(|e| ("unknown_key", e))?;
+            let context = BatchContext {
+                tenant: &meta.tenant,
+                agent_id: meta.agent_id,
+                first_seq: meta.first_seq,
+                last_seq: meta.last_seq,
+                key_id: meta.key_id,
+                compression: i32::from(meta.compression),
+            };
+            unsealed = seal::open(&key, &context, &record.payload).map_err(|e| ("seal", e))?;
+            &unsealed[..]
+        };
+        let opened = batch::open(payload, compression, MAX_RAW_BATCH_BYTES as usize)
+            .map_err(|e| ("payload", e))?;
+        self.metrics.opened(meta.key_id);
+        Ok(opened)
+    }
+
     fn deliver(&mut self, record: &Record, marks: &mut BTreeMap<String, u64>) -> Result<()> {
         let meta = &record.meta;
         let agent = hex::encode(meta.agent_id);
@@ -184,25 +224,19 @@ impl Destination {
             }
             base
         };
-        let opened = if meta.key_id != 0 {
-            Err(format!(
-                "batch is sealed with key id {}; this backend holds no tenant decryption keys",
-                meta.key_id
-            ))
-        } else {
-            Compression::try_from(i32::from(meta.compression))
-                .map_err(|_| format!("unknown compression {}", meta.compression))
-                .and_then(|c| batch::open(&record.payload, c, MAX_RAW_BATCH_BYTES as usize))
-        };
+        let opened = self.open_batch(record);
         let payload = match opened {
             Ok(payload) => payload,
-            Err(reason) => {
+            Err((kind, reason)) => {
+                self.metrics.open_failed(kind);
                 warn!(destination = %self.name, offset = record.offset, "dead-lettering a batch: {reason}");
                 self.dead_letter(with(
                     base,
                     json!({
                         "reason": reason,
                         "seq_range": [meta.first_seq, meta.last_seq],
+                        "key_id": meta.key_id,
+                        "compression": meta.compression,
                         "payload_b64": BASE64.encode(&record.payload),
                     }),
                 ))?;
