@@ -156,6 +156,12 @@ impl Agent {
             })
             .build()
             .map_err(Error::Runtime)?;
+        if let Some(addr) = config.metrics_listen {
+            let bound = runtime
+                .block_on(crate::metrics::serve(addr, shared.clone()))
+                .map_err(|source| Error::Metrics { addr, source })?;
+            info!("metrics on http://{bound}/metrics");
+        }
         let (drain, drain_rx) = watch::channel(false);
         let task = runtime.spawn(sender::run(shared.clone(), config, drain_rx));
         Ok(Agent {

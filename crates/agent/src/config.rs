@@ -35,12 +35,13 @@ pub const PROPERTIES: &[Property] = &[
     },
     Property {
         name: "access_token",
-        default: None,
-        help: "the token bound to the access key (give this or `access_token_file`)",
+        default: Some("none"),
+        help: "the token bound to the access key; give this or `access_token_file` (or, \
+               with a backend that maps client certificates to keys, `tls.crt_file`)",
     },
     Property {
         name: "access_token_file",
-        default: None,
+        default: Some("none"),
         help: "a file holding the token; re-read before every reconnect, so rotation \
                needs no restart",
     },
@@ -99,6 +100,12 @@ pub const PROPERTIES: &[Property] = &[
         name: "compress",
         default: Some("zstd"),
         help: "`zstd` or `none`",
+    },
+    Property {
+        name: "metrics.listen",
+        default: Some("off"),
+        help: "`host:port` of an HTTP listener serving this instance's Prometheus metrics \
+               at `/metrics` (port 0 picks a free one, logged at start); `off` for none",
     },
 ];
 
@@ -234,6 +241,8 @@ pub struct AgentConfig {
     pub window: usize,
     /// Shown to operators in the backend's logs.
     pub agent_version: String,
+    /// Where to serve this instance's metrics; `None`: nowhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Which tunables the operator set locally (local settings win over config exchange).
@@ -358,10 +367,14 @@ impl AgentConfig {
                 })?;
                 source
             }
+            // With a client certificate (mutual TLS) the certificate may stand in for
+            // the token, if the backend maps it to this access key.
+            (None, None) if get("tls.crt_file").is_some() => TokenSource::Inline(String::new()),
             (None, None) => {
                 return Err(invalid(
                     "access_token",
-                    "is required: set access_token or access_token_file",
+                    "is required: set access_token or access_token_file (or tls_crt_file \
+                     and tls_key_file, for a backend that maps client certificates to keys)",
                 ));
             }
         };
@@ -438,7 +451,18 @@ impl AgentConfig {
             .transpose()?
             .unwrap_or(Compression::Zstd);
 
+        let metrics_listen = match get("metrics.listen").as_deref().map(str::trim) {
+            None | Some("off") => None,
+            Some(addr) => Some(addr.parse().map_err(|e| {
+                invalid(
+                    "metrics.listen",
+                    format!("expected host:port (like 127.0.0.1:2021) or off, got `{addr}`: {e}"),
+                )
+            })?),
+        };
+
         Ok(Self {
+            metrics_listen,
             endpoint,
             access_key,
             token,

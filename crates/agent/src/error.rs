@@ -13,6 +13,12 @@ pub enum Error {
     Tls(String),
     #[error("cannot start the sender runtime: {0}")]
     Runtime(#[source] std::io::Error),
+    #[error("metrics.listen {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

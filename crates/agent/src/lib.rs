@@ -14,6 +14,7 @@ mod backoff;
 pub mod batch;
 pub mod config;
 mod error;
+mod metrics;
 pub mod seal;
 pub mod sender;
 pub mod transport;

@@ -55,8 +55,34 @@ pub struct Counters {
     pub batches_acked: AtomicU64,
     pub sessions: AtomicU64,
     pub send_errors: AtomicU64,
+    /// `send_errors` by reason, indexed like [`ERROR_REASONS`].
+    pub errors_by_reason: [AtomicU64; ERROR_REASONS.len()],
     /// Sum of ack latencies in microseconds, for the mean.
     pub ack_latency_us_total: AtomicU64,
+}
+
+/// Why sessions end, as metric labels: the gRPC status the backend answered, or
+/// what failed on this side.
+pub const ERROR_REASONS: [&str; 12] = [
+    "unauthenticated",
+    "permission_denied",
+    "resource_exhausted",
+    "invalid_argument",
+    "unavailable",
+    "other_status",
+    "connect",
+    "timeout",
+    "spool",
+    "protocol",
+    "stream",
+    "other",
+];
+
+fn reason_index(reason: &str) -> usize {
+    ERROR_REASONS
+        .iter()
+        .position(|r| *r == reason)
+        .unwrap_or(ERROR_REASONS.len() - 1)
 }
 
 /// Settings of one session: local config, overlaid by config exchange. The backend
@@ -129,14 +155,43 @@ impl Settings {
 struct SessionError {
     /// What an operator sees, once per change.
     message: String,
+    /// What counts as the same state for logging: the status without the step that
+    /// met it, so a refusal met first by the open stream and then by each reconnect's
+    /// config exchange is logged once.
+    state: String,
     /// Backoff at least this long (a rate limit's hint).
     retry_after: Option<Duration>,
+    /// One of [`ERROR_REASONS`].
+    reason: &'static str,
+}
+
+/// The reason label of a failure on this side, from its message.
+fn local_reason(message: &str) -> &'static str {
+    if message.contains("timed out")
+        || message.contains("in time")
+        || message.contains("no ack within")
+    {
+        "timeout"
+    } else if message.starts_with("cannot reach") {
+        "connect"
+    } else if message.contains("spool") {
+        "spool"
+    } else if message.starts_with("protocol error") {
+        "protocol"
+    } else if message.contains("stream") {
+        "stream"
+    } else {
+        "other"
+    }
 }
 
 impl SessionError {
     fn new(message: impl Into<String>) -> Self {
+        let message = message.into();
         Self {
-            message: message.into(),
+            state: message.clone(),
+            reason: local_reason(&message),
+            message,
             retry_after: None,
         }
     }
@@ -163,6 +218,15 @@ impl SessionError {
                 status.code(),
                 status.message()
             ),
+            state: format!("{:?}: {}", status.code(), status.message()),
+            reason: match status.code() {
+                Code::Unauthenticated => "unauthenticated",
+                Code::PermissionDenied => "permission_denied",
+                Code::ResourceExhausted => "resource_exhausted",
+                Code::InvalidArgument => "invalid_argument",
+                Code::Unavailable => "unavailable",
+                _ => "other_status",
+            },
             retry_after,
         }
     }
@@ -178,12 +242,12 @@ struct LinkLog {
 impl LinkLog {
     fn failed(&mut self, error: &SessionError, delay: Duration) {
         self.failures += 1;
-        if self.last.as_deref() != Some(error.message.as_str()) {
+        if self.last.as_deref() != Some(error.state.as_str()) {
             warn!(
                 "{}; chunks stay spooled, retrying with backoff",
                 error.message
             );
-            self.last = Some(error.message.clone());
+            self.last = Some(error.state.clone());
         } else {
             debug!(
                 attempt = self.failures,
@@ -218,6 +282,8 @@ pub(crate) async fn run(
             Ok(()) => return,
             Err(error) => {
                 shared.counters.send_errors.fetch_add(1, Ordering::Relaxed);
+                shared.counters.errors_by_reason[reason_index(error.reason)]
+                    .fetch_add(1, Ordering::Relaxed);
                 if let Some(hint) = error.retry_after {
                     backoff.at_least(hint);
                 }
@@ -236,11 +302,14 @@ fn authed<T>(message: T, config: &AgentConfig, token: &str) -> Result<Request<T>
     let mut request = Request::new(message);
     let key = MetadataValue::try_from(config.access_key.as_str())
         .map_err(|_| SessionError::new("access_key holds characters not allowed in a header"))?;
-    let bearer = MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| {
-        SessionError::new("the access token holds characters not allowed in a header")
-    })?;
     request.metadata_mut().insert(ACCESS_KEY_HEADER, key);
-    request.metadata_mut().insert(AUTHORIZATION_HEADER, bearer);
+    // No token: a client certificate authenticates this agent.
+    if !token.is_empty() {
+        let bearer = MetadataValue::try_from(format!("Bearer {token}")).map_err(|_| {
+            SessionError::new("the access token holds characters not allowed in a header")
+        })?;
+        request.metadata_mut().insert(AUTHORIZATION_HEADER, bearer);
+    }
     Ok(request)
 }
 

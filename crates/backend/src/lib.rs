@@ -1,5 +1,6 @@
 //! The logferry backend, behind the `logferry` binary.
 //!
+//! - [`activity`]: per-agent silence and surge detection.
 //! - [`tenants`]: the tenant registry (YAML), access keys and agent settings.
 //! - [`auth`]: Ed25519-signed JWTs bound to access keys, and the revocation list.
 //! - [`keys`]: tenants' payload decryption keys, for routers.
@@ -12,6 +13,7 @@
 //! - [`send`]: `logferry send`, a one-shot shipper on the agent core.
 //! - [`fsutil`]: atomic file replacement and directory fsync.
 
+pub mod activity;
 pub mod auth;
 pub mod fsutil;
 pub mod ingest;

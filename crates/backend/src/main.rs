@@ -60,18 +60,26 @@ enum Command {
     /// Route from Kafka to destinations (not in this build yet).
     Route,
     /// Verify the hash chains of files the file sink wrote (not in this build yet).
-    Verify { paths: Vec<PathBuf> },
+    Verify {
+        /// Files to check.
+        paths: Vec<PathBuf>,
+    },
+    /// Print the configuration reference (docs/configuration.md) as Markdown.
+    #[command(hide = true)]
+    ConfigReference,
 }
 
 #[derive(Debug, Subcommand)]
 enum TokenCommand {
     /// Sign a token for an access key and print it.
     Issue {
+        /// The backend's data directory (its keys, registry and revocation list).
         #[arg(long, env = "LOGFERRY_DATA_DIR", default_value = "./logferry-data")]
         data_dir: PathBuf,
         /// Tenant registry; default: `<data-dir>/tenants.yaml`.
         #[arg(long, env = "LOGFERRY_TENANTS")]
         tenants: Option<PathBuf>,
+        /// The access key the token is bound to (`sub`); it must be in the registry.
         #[arg(long)]
         access_key: String,
         /// Lifetime, like `30d` or `12h`.
@@ -81,6 +89,7 @@ enum TokenCommand {
     /// Add a token id (jti) to the revocation list. A running backend applies it
     /// within seconds and closes the streams that use it.
     Revoke {
+        /// The backend's data directory (its keys, registry and revocation list).
         #[arg(long, env = "LOGFERRY_DATA_DIR", default_value = "./logferry-data")]
         data_dir: PathBuf,
         /// Revocation list; default: `<data-dir>/revoked-tokens`.
@@ -89,17 +98,23 @@ enum TokenCommand {
         /// Why, kept as a comment in the list.
         #[arg(long)]
         reason: Option<String>,
+        /// The token id: the `jti` claim, or `x509:<serial in hex>` for a client
+        /// certificate's session.
         jti: String,
     },
     /// Decode a token and say whether this backend accepts it, and if not, why.
     /// Exits 1 when it is not valid.
     Inspect {
+        /// The backend's data directory (its keys, registry and revocation list).
         #[arg(long, env = "LOGFERRY_DATA_DIR", default_value = "./logferry-data")]
         data_dir: PathBuf,
+        /// Tenant registry; default: `<data-dir>/tenants.yaml`.
         #[arg(long, env = "LOGFERRY_TENANTS")]
         tenants: Option<PathBuf>,
+        /// Revocation list; default: `<data-dir>/revoked-tokens`.
         #[arg(long, env = "LOGFERRY_REVOKED_TOKENS")]
         revoked_tokens: Option<PathBuf>,
+        /// The token (a compact JWT).
         token: String,
     },
 }
@@ -110,8 +125,10 @@ enum KeysCommand {
     /// `<data-dir>/keys/tenants/<tenant>/<id>.key` for routers; the registry lines
     /// that hand the public key to agents are printed.
     Generate {
+        /// The backend's data directory (its keys, registry and revocation list).
         #[arg(long, env = "LOGFERRY_DATA_DIR", default_value = "./logferry-data")]
         data_dir: PathBuf,
+        /// The tenant the key is for.
         #[arg(long)]
         tenant: String,
         /// Key id; default: one above the highest present.
@@ -217,10 +234,93 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::ConfigReference => {
+            print!("{}", config_reference());
+            Ok(())
+        }
         Command::Ingest => not_in_this_build("`logferry ingest` (Kafka buffer)"),
         Command::Route => not_in_this_build("`logferry route` (Kafka buffer)"),
         Command::Verify { .. } => not_in_this_build("`logferry verify` (hash-chained files)"),
     }
+}
+
+/// docs/configuration.md: every plugin property and every flag, from the doc comments
+/// of the config structs. A test keeps the committed file equal to this.
+fn config_reference() -> String {
+    use clap::CommandFactory;
+    let mut out = String::from(
+        "# Configuration reference\n\n\
+         Generated from the code's doc comments by `logferry config-reference`; the \
+         `config_reference` test fails when this file is out of date. Regenerate with:\n\n\
+         ```sh\ncargo run -q -p logferry-backend -- config-reference > docs/configuration.md\n```\n\n\
+         ## Plugin properties (`[OUTPUT]` with `Name logferry`)\n\n\
+         | property | default | meaning |\n|---|---|---|\n",
+    );
+    for property in logferry_agent::PROPERTIES {
+        let alias = logferry_agent::ALIASES
+            .iter()
+            .find(|(name, _)| *name == property.name)
+            .map(|(_, alias)| format!(" (also `{alias}`)"))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "| `{}`{alias} | {} | {} |\n",
+            property.name,
+            property.default.unwrap_or("required"),
+            property.help
+        ));
+    }
+    let cli = Cli::command();
+    let mut commands = Vec::new();
+    for command in cli.get_subcommands().filter(|c| !c.is_hide_set()) {
+        let subs: Vec<_> = command.get_subcommands().collect();
+        if subs.is_empty() {
+            commands.push((command.get_name().to_string(), command.clone()));
+        }
+        for sub in subs {
+            commands.push((
+                format!("{} {}", command.get_name(), sub.get_name()),
+                sub.clone(),
+            ));
+        }
+    }
+    for (name, command) in commands {
+        out.push_str(&format!("\n## `logferry {name}`\n\n"));
+        if let Some(about) = command.get_about() {
+            out.push_str(&format!("{about}\n\n"));
+        }
+        let args: Vec<_> = command
+            .get_arguments()
+            .filter(|a| !a.is_hide_set() && a.get_id() != "help" && a.get_id() != "version")
+            .collect();
+        if args.is_empty() {
+            out.push_str("No flags.\n");
+            continue;
+        }
+        out.push_str("| flag | environment | default | meaning |\n|---|---|---|---|\n");
+        for arg in args {
+            let flag = match arg.get_long() {
+                Some(long) => format!("`--{long}`"),
+                None => format!("`{}`", arg.get_id().as_str().to_uppercase()),
+            };
+            let env = arg
+                .get_env()
+                .map(|e| format!("`{}`", e.to_string_lossy()))
+                .unwrap_or_default();
+            let default = arg
+                .get_default_values()
+                .iter()
+                .map(|v| format!("`{}`", v.to_string_lossy()))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let help = arg
+                .get_long_help()
+                .or(arg.get_help())
+                .map(|h| h.to_string().replace('\n', " ").replace('|', "\\|"))
+                .unwrap_or_default();
+            out.push_str(&format!("| {flag} | {env} | {default} | {help} |\n"));
+        }
+    }
+    out
 }
 
 /// `logferry token inspect`: prints the header and claims, then the verdict.

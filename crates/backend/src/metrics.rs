@@ -15,6 +15,10 @@
 //! | `registry_version` | gauge | | version of the registry in use (starts at 1, +1 per reload) |
 //! | `revoked_tokens` | gauge | | `jti`s in the revocation list |
 //! | `buffer_bytes` | gauge | | bytes of retained buffer segments |
+//! | `buffer_max_bytes` | gauge | | the buffer's size cap (`--buffer-max-size`) |
+//! | `agent_silent` | gauge | tenant, agent | 1: an agent that sent before stored nothing for `--agent-silence-after` |
+//! | `agent_rate_anomaly` | gauge | tenant, agent | +1 surge, -1 drop of an agent's rate vs its own baseline, 0 normal |
+//! | `agent_last_seen_seconds` | gauge | tenant, agent | Unix time of the agent's last stored batch |
 //! | `buffer_end_offset` | gauge | | offset the next stored batch gets |
 //! | `destination_records_total` | counter | destination | records delivered |
 //! | `destination_dead_letters_total` | counter | destination | dead-lettered chunks and batches |
@@ -40,6 +44,8 @@ use axum::routing::get;
 use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 use tokio::sync::watch;
 
+use crate::activity::ActivityGauges;
+
 /// Every metric of one backend process.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -55,7 +61,9 @@ pub struct Metrics {
     pub registry_version: IntGauge,
     pub revoked_tokens: IntGauge,
     pub buffer_bytes: IntGauge,
+    pub buffer_max_bytes: IntGauge,
     pub buffer_end_offset: IntGauge,
+    pub activity: ActivityGauges,
     destination_records: IntCounterVec,
     destination_dead_letters: IntCounterVec,
     destination_duplicates: IntCounterVec,
@@ -106,6 +114,11 @@ impl Metrics {
             registry.register(Box::new(metric.clone()))?;
             Ok(metric)
         };
+        let agent_gauge = |name: &str, help: &str| -> Result<IntGaugeVec> {
+            let metric = IntGaugeVec::new(Opts::new(name, help), &["tenant", "agent"])?;
+            registry.register(Box::new(metric.clone()))?;
+            Ok(metric)
+        };
         let destination_lag = IntGaugeVec::new(
             Opts::new(
                 "destination_lag_batches",
@@ -146,6 +159,21 @@ impl Metrics {
                 &["reason"],
             )?,
             buffer_bytes: gauge("buffer_bytes", "Bytes of retained buffer segments")?,
+            buffer_max_bytes: gauge("buffer_max_bytes", "Size cap of the buffer")?,
+            activity: ActivityGauges {
+                silent: agent_gauge(
+                    "agent_silent",
+                    "1 when an agent that sent before has stored nothing for the silence window",
+                )?,
+                anomaly: agent_gauge(
+                    "agent_rate_anomaly",
+                    "+1 surge, -1 drop of the agent's rate against its own baseline, 0 normal",
+                )?,
+                last_seen: agent_gauge(
+                    "agent_last_seen_seconds",
+                    "Unix time of the agent's last stored batch",
+                )?,
+            },
             buffer_end_offset: gauge("buffer_end_offset", "Offset the next stored batch gets")?,
             destination_records: counter(
                 "destination_records_total",

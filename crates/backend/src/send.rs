@@ -27,10 +27,13 @@ pub struct SendArgs {
     /// Backend address (`https://host:port`).
     #[arg(long, env = "LOGFERRY_ENDPOINT")]
     pub endpoint: String,
+    /// The access key, as listed in the backend's tenant registry.
     #[arg(long, env = "LOGFERRY_ACCESS_KEY")]
     pub access_key: String,
+    /// The token bound to the access key.
     #[arg(long, env = "LOGFERRY_ACCESS_TOKEN", hide_env_values = true)]
     pub access_token: Option<String>,
+    /// A file holding the token (instead of `--access-token`).
     #[arg(
         long,
         env = "LOGFERRY_ACCESS_TOKEN_FILE",

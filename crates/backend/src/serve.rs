@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{info, warn};
 
+use crate::activity::{Activity, ActivityConfig};
 use crate::auth::{Revocations, TokenAuthority};
 use crate::ingest::{Authenticator, IngestService, Marks};
 use crate::keys::{KeyRing, encryption_spec, keys_dir};
@@ -57,6 +58,11 @@ pub struct ServeArgs {
     /// Private key of `--tls-cert` (PEM).
     #[arg(long, env = "LOGFERRY_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// CA certificate(s) (PEM) of client certificates: enables mutual TLS. A client
+    /// certificate is then verified if presented (optional), and one whose subject CN
+    /// is a key's `client_cert_cn` authenticates that key without a token.
+    #[arg(long, env = "LOGFERRY_TLS_CLIENT_CA", conflicts_with = "plaintext")]
+    pub tls_client_ca: Option<PathBuf>,
     /// Serve without TLS. Refused on non-loopback addresses unless
     /// `--plaintext-on-public-interface` is given too.
     #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
@@ -87,6 +93,20 @@ pub struct ServeArgs {
     /// none. Port 0 picks a free port.
     #[arg(long, env = "LOGFERRY_METRICS_LISTEN", default_value = "127.0.0.1:9464", value_parser = parse_listen)]
     pub metrics_listen: MetricsListen,
+    /// Flag an agent as silent (`logferry_agent_silent`) once it has stored nothing
+    /// for this long.
+    #[arg(long, env = "LOGFERRY_AGENT_SILENCE_AFTER", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub agent_silence_after: Duration,
+    /// Length of the windows each agent's rate is sampled over.
+    #[arg(long, env = "LOGFERRY_AGENT_RATE_WINDOW", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub agent_rate_window: Duration,
+    /// A window's rate this many times above (or below) the agent's baseline is a
+    /// surge (or drop): `logferry_agent_rate_anomaly`.
+    #[arg(long, env = "LOGFERRY_AGENT_ANOMALY_FACTOR", default_value_t = 10.0)]
+    pub agent_anomaly_factor: f64,
+    /// Stop tracking an agent silent for this long (a decommissioned host).
+    #[arg(long, env = "LOGFERRY_AGENT_FORGET_AFTER", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub agent_forget_after: Duration,
 }
 
 /// `--metrics-listen`: an address, or `off`.
@@ -211,6 +231,24 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let log = Arc::new(log);
     let marks = Arc::new(Marks::load(&data.join("marks.json"), &log)?);
     info!("dedup marks for {} agent(s) loaded", marks.len());
+    metrics.buffer_max_bytes.set(args.buffer_max_size as i64);
+    if args.agent_anomaly_factor <= 1.0 {
+        bail!(
+            "--agent-anomaly-factor must be above 1, got {}",
+            args.agent_anomaly_factor
+        );
+    }
+    let activity = Arc::new(Activity::new(
+        ActivityConfig {
+            window: args.agent_rate_window.max(Duration::from_millis(100)),
+            silence_after: args.agent_silence_after,
+            factor: args.agent_anomaly_factor,
+            forget_after: args.agent_forget_after,
+        },
+        metrics.activity.clone(),
+        marks.keys(),
+    ));
+    activity.clone().spawn(shutdown.clone());
 
     let keys = Arc::new(KeyRing::new(keys_dir(data)));
     let mut destinations = vec![Destination::open(
@@ -259,6 +297,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         shutdown: shutdown.clone(),
         metrics: metrics.clone(),
         limiter: Arc::default(),
+        activity,
     };
 
     if development {
@@ -272,6 +311,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         )?;
     }
     let signals = shutdown_signal()?;
+    // Ready from here: the buffer is recovered and the listener bound (connections
+    // queue in its backlog until the server polls it a moment later).
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<IngestServer<IngestService>>().await;
+    metrics.set_ready(true);
     eprintln!(
         "logferry: listening on {local} ({})",
         if pki.is_some() { "TLS" } else { "plaintext" }
@@ -283,14 +327,19 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .tcp_nodelay(true);
     if let Some(pki) = &pki {
-        server = server.tls_config(server_tls(pki)?)?;
+        let mut tls = server_tls(pki)?;
+        if let Some(ca) = &args.tls_client_ca {
+            let pem = std::fs::read(ca)
+                .with_context(|| format!("reading the client CA `{}`", ca.display()))?;
+            tls = tls
+                .client_ca_root(tonic::transport::Certificate::from_pem(pem))
+                .client_auth_optional(true);
+        }
+        server = server.tls_config(tls)?;
     }
     let ingest = IngestServer::new(service)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<IngestServer<IngestService>>().await;
-    metrics.set_ready(true);
     let shutdown_requested = async move {
         signals.await;
         info!("shutting down: closing streams, finishing the router's current step");

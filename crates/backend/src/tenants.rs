@@ -8,6 +8,9 @@
 //!       - key: ak_web_frontend   # same charset, unique across all tenants
 //!         disabled: false        # default false
 //!         description: web tier  # optional
+//!         client_cert_cn: web-01   # optional; a client certificate with this subject
+//!                                #   CN (verified against --tls-client-ca) stands in
+//!                                #   for a token of this key
 //!     agent:                     # optional; each field optional, agents keep their own
 //!       batch_max_bytes: 4M      #   setting for any field not given here, and a
 //!       batch_max_delay: 50ms    #   property set in the [OUTPUT] section always wins
@@ -88,6 +91,10 @@ pub struct AccessKeySpec {
     pub disabled: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Subject common name of the client certificate that authenticates this key
+    /// (mutual TLS). Unique across all keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_cn: Option<String>,
 }
 
 /// Agent settings handed out by config exchange. Every field is optional.
@@ -116,6 +123,8 @@ pub struct Principal {
 /// Looks up access keys and agent settings.
 pub trait TenantStore: Send + Sync {
     fn lookup(&self, access_key: &str) -> Option<Principal>;
+    /// The access key a client certificate with subject CN `cn` authenticates.
+    fn lookup_cert(&self, cn: &str) -> Option<Principal>;
     fn agent_config(&self, tenant: &str) -> AgentConfig;
     fn rate_limit(&self, tenant: &str) -> RateLimit;
 }
@@ -124,6 +133,8 @@ pub trait TenantStore: Send + Sync {
 #[derive(Debug, Clone, Default)]
 pub struct Registry {
     keys: HashMap<String, Principal>,
+    /// Client certificate CN to access key.
+    certs: HashMap<String, String>,
     agents: HashMap<String, AgentConfig>,
     limits: HashMap<String, RateLimit>,
     file: RegistryFile,
@@ -180,6 +191,14 @@ impl Registry {
                     access_key: key.key.clone(),
                     disabled: key.disabled,
                 };
+                if let Some(cn) = &key.client_cert_cn
+                    && let Some(other) = registry.certs.insert(cn.clone(), key.key.clone())
+                {
+                    bail!(
+                        "client_cert_cn `{cn}` is given to access keys `{other}` and `{}`",
+                        key.key
+                    );
+                }
                 if let Some(previous) = registry.keys.insert(key.key.clone(), principal) {
                     bail!(
                         "access key `{}` is listed twice (tenants `{}` and `{}`)",
@@ -213,6 +232,7 @@ impl Registry {
                     key: format!("ak_dev_{}", hex::encode(bytes)),
                     disabled: false,
                     description: Some("created by `logferry serve` for development".into()),
+                    client_cert_cn: None,
                 }],
                 agent: None,
                 encryption,
@@ -226,6 +246,10 @@ impl Registry {
 impl TenantStore for Registry {
     fn lookup(&self, access_key: &str) -> Option<Principal> {
         self.keys.get(access_key).cloned()
+    }
+
+    fn lookup_cert(&self, cn: &str) -> Option<Principal> {
+        self.certs.get(cn).and_then(|key| self.lookup(key))
     }
 
     fn agent_config(&self, tenant: &str) -> AgentConfig {
@@ -347,6 +371,58 @@ tenants:
         assert_eq!(
             Registry::parse(dup).unwrap_err().to_string(),
             "access key `k` is listed twice (tenants `a` and `b`)"
+        );
+    }
+
+    #[test]
+    fn encryption_rate_limits_and_client_certs() {
+        let (_, public) = logferry_agent::seal::generate();
+        let text = format!(
+            "tenants:
+  - name: acme
+    access_keys:
+      - key: ak_web
+        client_cert_cn: web-01
+    encryption:
+      key_id: 3
+      public_key: \"{}\"
+    rate_limit:
+      bytes_per_sec: 1M
+      batches_per_sec: 50
+",
+            public.to_base64()
+        );
+        let r = Registry::parse(&text).unwrap();
+        let c = r.agent_config("acme");
+        assert_eq!(c.encryption_key_id, 3);
+        assert_eq!(c.encryption_public_key, public.to_bytes());
+        assert_eq!(
+            r.rate_limit("acme"),
+            RateLimit {
+                bytes_per_sec: 1 << 20,
+                batches_per_sec: 50
+            }
+        );
+        assert_eq!(r.rate_limit("nobody"), RateLimit::default());
+        assert_eq!(r.lookup_cert("web-01").unwrap().access_key, "ak_web");
+        assert!(r.lookup_cert("web-02").is_none());
+
+        let bad_key = text.replace(&public.to_base64(), "AAAA");
+        let err = format!("{:#}", Registry::parse(&bad_key).unwrap_err());
+        assert!(
+            err.contains("encryption.public_key: the public key must be 32 bytes"),
+            "{err}"
+        );
+        let zero = text.replace("key_id: 3", "key_id: 0");
+        let err = format!("{:#}", Registry::parse(&zero).unwrap_err());
+        assert!(err.contains("key_id must be 1 or more"), "{err}");
+        let twice = text.replace(
+            "        client_cert_cn: web-01\n",
+            "        client_cert_cn: web-01\n      - key: ak_two\n        client_cert_cn: web-01\n",
+        );
+        assert_eq!(
+            Registry::parse(&twice).unwrap_err().to_string(),
+            "client_cert_cn `web-01` is given to access keys `ak_web` and `ak_two`"
         );
     }
 

@@ -27,6 +27,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug)]
 pub struct EndToEnd {
+    /// Whether the tenant sealed its batches (HPKE) or relied on TLS alone.
+    pub sealed: bool,
     pub chunk_len: usize,
     /// Batches in flight on the agent's stream.
     pub window: usize,
@@ -69,7 +71,12 @@ impl EndToEnd {
     pub fn print(&self) {
         println!(
             "2. Agent -> backend: logferry_agent::Agent -> `logferry serve` process \
-             (TLS, zstd, buffer.sync on, backend buffer fsync on)"
+             (TLS, zstd, {}, buffer.sync on, backend buffer fsync on)",
+            if self.sealed {
+                "HPKE-sealed batches"
+            } else {
+                "no payload encryption"
+            }
         );
         println!(
             "   {} chunks of {} ({} records each), flushed back to back; batch.max_bytes \
@@ -210,9 +217,22 @@ pub fn run(
     total_bytes: u64,
     router_wait: Duration,
     window: Option<usize>,
+    sealed: bool,
 ) -> Result<EndToEnd> {
-    let backend = Backend::start(backend_bin, &work_dir.join("backend"))?;
-    let result = stream(&backend, work_dir, chunk, total_bytes, router_wait, window);
+    let work_dir = work_dir.join(if sealed { "sealed" } else { "tls-only" });
+    let data_dir = work_dir.join("backend");
+    if !sealed {
+        // `serve` creates an encrypting development tenant unless a registry exists;
+        // this one has the same shape without `encryption`.
+        std::fs::create_dir_all(&data_dir)?;
+        std::fs::write(
+            data_dir.join("tenants.yaml"),
+            "tenants:\n  - name: dev\n    access_keys:\n      - key: ak_bench\n",
+        )?;
+    }
+    let backend = Backend::start(backend_bin, &data_dir)?;
+    let result = stream(&backend, &work_dir, chunk, total_bytes, router_wait, window)
+        .map(|run| EndToEnd { sealed, ..run });
     let stopped = backend.stop();
     let result = result?;
     stopped?;
@@ -342,6 +362,7 @@ fn stream(
         }
     }
     Ok(EndToEnd {
+        sealed: true,
         chunk_len: chunk.len(),
         window,
         chunks,

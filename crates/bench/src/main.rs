@@ -63,6 +63,17 @@ struct Cli {
     /// Batches in flight for the agent -> backend scenario. Default: the agent's own.
     #[arg(long)]
     window: Option<usize>,
+    /// Payload encryption in the agent -> backend scenario: `on` (HPKE, the default
+    /// tenant's setting), `off` (TLS only), or `both`, one run each, compared.
+    #[arg(long, value_enum, default_value = "on")]
+    encryption: Encryption,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Encryption {
+    On,
+    Off,
+    Both,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -169,19 +180,35 @@ fn run(cli: Cli) -> Result<()> {
         transport_run = Some(run);
     }
     let mut end_to_end = None;
+    let mut tls_only = None;
     if let Some(backend_bin) = &backend_bin {
-        eprintln!("logferry-bench: agent -> backend ...");
-        let run = end_to_end::run(
-            backend_bin,
-            work.path(),
-            &large,
-            total_bytes,
-            Duration::from_secs(cli.router_wait_secs),
-            cli.window,
-        )?;
-        run.print();
-        println!();
-        end_to_end = Some(run);
+        let modes: &[bool] = match cli.encryption {
+            Encryption::On => &[true],
+            Encryption::Off => &[false],
+            Encryption::Both => &[true, false],
+        };
+        for &sealed in modes {
+            eprintln!(
+                "logferry-bench: agent -> backend ({}) ...",
+                if sealed { "sealed" } else { "TLS only" }
+            );
+            let run = end_to_end::run(
+                backend_bin,
+                work.path(),
+                &large,
+                total_bytes,
+                Duration::from_secs(cli.router_wait_secs),
+                cli.window,
+                sealed,
+            )?;
+            run.print();
+            println!();
+            if sealed || cli.encryption == Encryption::Off {
+                end_to_end = Some(run);
+            } else {
+                tls_only = Some(run);
+            }
+        }
     }
 
     println!("Summary (ratios of figures from this run)");
@@ -203,6 +230,26 @@ fn run(cli: Cli) -> Result<()> {
                     format!("mean per chunk (p50: {}); {note}", report::ratio(p50)),
                 ]);
             }
+        }
+    }
+    if let (Some(sealed), Some(plain)) = (&end_to_end, &tls_only) {
+        table.row(vec![
+            "agent->backend sealed / TLS only".to_string(),
+            report::ratio(sealed.ack_mb_per_s() / plain.ack_mb_per_s()),
+            format!(
+                "{} vs {} acked; backend CPU {} vs {}",
+                report::rate(sealed.ack_mb_per_s()),
+                report::rate(plain.ack_mb_per_s()),
+                report::duration(sealed.backend_cpu_acked),
+                report::duration(plain.backend_cpu_acked)
+            ),
+        ]);
+        if let (Some(a), Some(b)) = (sealed.routed, plain.routed) {
+            table.row(vec![
+                "router: sealed / TLS only (time to route all)".to_string(),
+                report::ratio(a.as_secs_f64() / b.as_secs_f64().max(1e-9)),
+                format!("{} vs {}", report::duration(a), report::duration(b)),
+            ]);
         }
     }
     if let (Some(e2e), Some(transport)) = (&end_to_end, &transport_run) {

@@ -53,17 +53,29 @@ impl Credentials {
 impl Credentials {
     /// A TLS channel to the backend that trusts its development CA.
     pub async fn channel(&self) -> tonic::transport::Channel {
+        self.try_channel(None)
+            .await
+            .expect("connect to the backend")
+    }
+
+    /// A TLS channel that presents `identity` as its client certificate, if given.
+    pub async fn try_channel(
+        &self,
+        identity: Option<tonic::transport::Identity>,
+    ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
         let ca = std::fs::read(&self.ca_file).expect("the development CA");
-        let tls = tonic::transport::ClientTlsConfig::new()
+        let mut tls = tonic::transport::ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(ca))
             .domain_name("localhost");
+        if let Some(identity) = identity {
+            tls = tls.identity(identity);
+        }
         tonic::transport::Endpoint::from_shared(self.endpoint.clone())
             .expect("a valid endpoint")
             .tls_config(tls)
             .expect("a valid TLS config")
             .connect()
             .await
-            .expect("connect to the backend")
     }
 
     /// `message` with this access key and, when given, `Bearer token`.
@@ -216,6 +228,32 @@ impl Backend {
         }
     }
 
+    /// The tenant registry in `<data-dir>/tenants.yaml`.
+    pub fn registry(&self) -> logferry_backend::tenants::RegistryFile {
+        logferry_backend::tenants::Registry::load(&self.data_dir.join("tenants.yaml"))
+            .expect("a valid registry")
+            .file()
+            .clone()
+    }
+
+    /// Replaces `<data-dir>/tenants.yaml` with `file` and waits until the backend
+    /// runs it (its registry version reaches `version`).
+    pub fn set_registry(&self, file: &logferry_backend::tenants::RegistryFile, version: u64) {
+        let yaml = logferry_backend::tenants::Registry::from_file(file.clone())
+            .and_then(|r| r.to_yaml())
+            .expect("a valid registry");
+        replace_file(&self.data_dir.join("tenants.yaml"), &yaml);
+        let got = self.wait_for_metric(
+            "logferry_registry_version",
+            version as f64,
+            Duration::from_secs(10),
+        );
+        assert!(
+            got >= version as f64,
+            "registry version {got}, expected {version}"
+        );
+    }
+
     /// Every stderr line so far.
     pub fn stderr(&self) -> Vec<String> {
         self.stderr.lock().unwrap().clone()
@@ -223,23 +261,7 @@ impl Backend {
 
     /// `GET path` on the metrics listener: (status code, body).
     pub fn http_get(&self, path: &str) -> (u16, String) {
-        use std::io::{Read, Write};
-        let addr = self.metrics_addr.expect("the metrics listener is up");
-        let mut stream =
-            std::net::TcpStream::connect(addr).expect("connect to the metrics listener");
-        write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).unwrap();
-        let status = response
-            .split_whitespace()
-            .nth(1)
-            .and_then(|code| code.parse().ok())
-            .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
-        let body = response
-            .split_once("\r\n\r\n")
-            .map_or("", |(_, body)| body)
-            .to_string();
-        (status, body)
+        http_get(self.metrics_addr.expect("the metrics listener is up"), path)
     }
 
     /// The value of one sample on `/metrics`, like
@@ -265,13 +287,18 @@ impl Backend {
         }
     }
 
-    /// SIGTERM, then waits for a clean exit and returns its stderr.
-    pub fn stop(mut self) -> Vec<String> {
-        let mut child = self.child.take().expect("running");
+    /// Sends `signal` to the running backend.
+    pub fn signal(&self, signal: libc::c_int) {
         // SAFETY: `kill` has no memory-safety preconditions; the pid is our own child,
         // not yet reaped, so it cannot name another process.
-        let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        assert_eq!(rc, 0, "SIGTERM logferry serve");
+        let rc = unsafe { libc::kill(self.pid() as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "signal {signal} to logferry serve");
+    }
+
+    /// SIGTERM, then waits for a clean exit and returns its stderr.
+    pub fn stop(mut self) -> Vec<String> {
+        self.signal(libc::SIGTERM);
+        let mut child = self.child.take().expect("running");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
@@ -294,6 +321,32 @@ impl Drop for Backend {
             let _ = child.wait();
         }
     }
+}
+
+/// `GET path` over HTTP/1.0 on `addr`: (status code, body).
+pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the metrics listener");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, body)| body)
+        .to_string();
+    (status, body)
+}
+
+/// Replaces a file the way editors and config management do: write, then rename.
+pub fn replace_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write the replacement");
+    std::fs::rename(&tmp, path).expect("rename it into place");
 }
 
 /// Every JSON line in the `.jsonl` files under `dir`, recursively, parsed.

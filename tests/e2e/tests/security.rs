@@ -14,8 +14,10 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use logferry_agent::seal::{self, BatchContext, PublicKey};
 use logferry_backend::auth::{Claims, ISSUER, TokenAuthority};
 use logferry_backend::send::encode_line;
-use logferry_backend::tenants::{EncryptionSpec, Registry, RegistryFile};
-use logferry_e2e::backend::{Backend, Credentials, backend_bin, read_jsonl_tree, wait_for_lines};
+use logferry_backend::tenants::EncryptionSpec;
+use logferry_e2e::backend::{
+    Backend, Credentials, backend_bin, read_jsonl_tree, replace_file, wait_for_lines,
+};
 use logferry_proto::v1::ingest_client::IngestClient;
 use logferry_proto::v1::{
     AgentMessage, Batch, BatchPayload, Chunk, Compression, GetConfigRequest, Hello, ServerMessage,
@@ -63,41 +65,6 @@ fn with_key(credentials: &Credentials, access_key: &str) -> Credentials {
         access_key: access_key.into(),
         ..credentials.clone()
     }
-}
-
-/// Replaces a file the way editors and config management do: write, then rename.
-fn replace_file(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-fn write_registry(data: &Path, file: &RegistryFile) {
-    let yaml = Registry::from_file(file.clone())
-        .unwrap()
-        .to_yaml()
-        .unwrap();
-    replace_file(&data.join("tenants.yaml"), &yaml);
-}
-
-fn dev_registry(data: &Path) -> RegistryFile {
-    Registry::load(&data.join("tenants.yaml"))
-        .unwrap()
-        .file()
-        .clone()
-}
-
-/// Waits until the backend runs registry version `version` or later.
-fn wait_for_version(backend: &Backend, version: u64) {
-    let got = backend.wait_for_metric(
-        "logferry_registry_version",
-        version as f64,
-        Duration::from_secs(10),
-    );
-    assert!(
-        got >= version as f64,
-        "registry version {got}, expected {version}"
-    );
 }
 
 async fn get_config(
@@ -500,6 +467,26 @@ async fn registry_changes_reach_open_streams_and_watches_within_seconds() {
     );
     let (_tx, mut inbound) = open_stream(&credentials, &token, [2; 16]).await;
 
+    // SIGHUP re-reads the files (and does not end the process, as it would by default).
+    backend.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !backend
+        .stderr()
+        .iter()
+        .any(|l| l.contains("SIGHUP: re-reading"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP not handled: {:#?}",
+            backend.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        get_config(&credentials, Some(&token)).await.unwrap(),
+        "acme"
+    );
+
     // A registry that does not parse is not applied; the error names the place.
     replace_file(
         &data.path().join("tenants.yaml"),
@@ -596,7 +583,7 @@ async fn payloads_are_sealed_end_to_end_and_keys_rotate_by_id() {
     let data = tempfile::tempdir().unwrap();
     let backend = Backend::start(data.path(), 0, &[]);
     // The development tenant encrypts from the start, under key 1.
-    let mut registry = dev_registry(data.path());
+    let mut registry = backend.registry();
     let first_key = registry.tenants[0]
         .encryption
         .clone()
@@ -607,8 +594,7 @@ async fn payloads_are_sealed_end_to_end_and_keys_rotate_by_id() {
         compress: Some("none".into()),
         ..Default::default()
     });
-    write_registry(data.path(), &registry);
-    wait_for_version(&backend, 2);
+    backend.set_registry(&registry, 2);
 
     let lines = |from: usize, n: usize, marker: &str| -> Vec<String> {
         (from..from + n)
@@ -657,8 +643,7 @@ async fn payloads_are_sealed_end_to_end_and_keys_rotate_by_id() {
         key_id: 2,
         public_key,
     });
-    write_registry(data.path(), &registry);
-    wait_for_version(&backend, 3);
+    backend.set_registry(&registry, 3);
     send_lines(&backend, &lines(2000, 2000, SECRET), "8K");
     wait_for_lines(data.path(), 4000, Duration::from_secs(30));
     assert!(opened(2) > 0.0, "no batch sealed under the new key");
@@ -670,8 +655,7 @@ async fn payloads_are_sealed_end_to_end_and_keys_rotate_by_id() {
     // The tenant turns encryption off: TLS alone protects the link, and the same
     // search now finds its records in the buffer, which shows the search works.
     registry.tenants[0].encryption = None;
-    write_registry(data.path(), &registry);
-    wait_for_version(&backend, 4);
+    backend.set_registry(&registry, 4);
     send_lines(&backend, &lines(4000, 100, PLAIN), "8K");
     assert_eq!(
         wait_for_lines(data.path(), 4100, Duration::from_secs(30)),
@@ -701,7 +685,7 @@ async fn batches_that_do_not_open_are_dead_lettered_with_their_reason() {
     let data = tempfile::tempdir().unwrap();
     let backend = Backend::start(data.path(), 0, &[]);
     let credentials = backend.credentials();
-    let registry = dev_registry(data.path());
+    let registry = backend.registry();
     let key = PublicKey::from_base64(&registry.tenants[0].encryption.as_ref().unwrap().public_key)
         .unwrap();
     let agent_id = [9; 16];
@@ -798,7 +782,7 @@ async fn batches_that_do_not_open_are_dead_lettered_with_their_reason() {
 fn a_rate_limited_agent_backs_off_and_delivers_everything_once() {
     let data = tempfile::tempdir().unwrap();
     let backend = Backend::start(data.path(), 0, &[]);
-    let mut registry = dev_registry(data.path());
+    let mut registry = backend.registry();
     registry.tenants[0].agent = Some(logferry_backend::tenants::AgentSpec {
         batch_max_bytes: Some("1K".into()),
         ..Default::default()
@@ -807,8 +791,7 @@ fn a_rate_limited_agent_backs_off_and_delivers_everything_once() {
         bytes_per_sec: None,
         batches_per_sec: Some(20),
     });
-    write_registry(data.path(), &registry);
-    wait_for_version(&backend, 2);
+    backend.set_registry(&registry, 2);
 
     let lines: Vec<String> = (0..1500).map(|i| format!("paced record {i:05}")).collect();
     let started = Instant::now();

@@ -83,6 +83,12 @@ impl Marks {
         agents.entry(key).or_default().clone()
     }
 
+    /// Every agent with a mark.
+    pub fn keys(&self) -> Vec<AgentKey> {
+        let agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
+        agents.keys().cloned().collect()
+    }
+
     pub fn len(&self) -> usize {
         self.agents.lock().unwrap_or_else(|e| e.into_inner()).len()
     }

@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 use super::auth::{Authenticator, Session};
 use super::limit::Limiter;
 use super::marks::{AgentMark, Marks};
+use crate::activity::Activity;
 use crate::auth::LEEWAY_SECS;
 use crate::tenants::Principal;
 
@@ -35,6 +36,7 @@ pub struct IngestService {
     pub marks: Arc<Marks>,
     pub metrics: Metrics,
     pub limiter: Arc<Limiter>,
+    pub activity: Arc<Activity>,
     /// Set when the backend shuts down: open streams end with UNAVAILABLE.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -205,6 +207,8 @@ impl IngestService {
                 buffer_status(&e)
             })?;
         mark.stored.store(batch.last_seq, Ordering::Release);
+        self.activity
+            .record(&(principal.tenant.clone(), agent_id), batch.raw_bytes);
         let tenant = [principal.tenant.as_str()];
         let m = &self.metrics;
         m.ingest_batches.with_label_values(&tenant).inc();
@@ -336,7 +340,10 @@ impl Ingest for IngestService {
         }
         let session = self
             .auth
-            .authenticate(request.metadata())
+            .authenticate(
+                request.metadata(),
+                request.peer_certs().as_deref().map(Vec::as_slice),
+            )
             .inspect_err(|status| self.metrics.auth_failed(status))?;
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
@@ -350,7 +357,10 @@ impl Ingest for IngestService {
     ) -> Result<Response<AgentConfig>, Status> {
         let session = self
             .auth
-            .authenticate(request.metadata())
+            .authenticate(
+                request.metadata(),
+                request.peer_certs().as_deref().map(Vec::as_slice),
+            )
             .inspect_err(|status| self.metrics.auth_failed(status))?;
         Ok(Response::new(self.config_for(&session.principal)))
     }
@@ -363,7 +373,10 @@ impl Ingest for IngestService {
     ) -> Result<Response<Self::WatchConfigStream>, Status> {
         let session = self
             .auth
-            .authenticate(request.metadata())
+            .authenticate(
+                request.metadata(),
+                request.peer_certs().as_deref().map(Vec::as_slice),
+            )
             .inspect_err(|status| self.metrics.auth_failed(status))?;
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(self.clone().run_watch(session, tx));
