@@ -95,3 +95,55 @@ localhost
 {{- define "logferry.agent.caFile" -}}
 {{- printf "%s/%s" (trimSuffix "/" .Values.agent.tls.caMountPath) .Values.agent.tls.caKey -}}
 {{- end -}}
+
+{{/* The ConfigMap holding the tenant registry: an existing one, or the chart's. */}}
+{{- define "logferry.backend.tenantsConfigMap" -}}
+{{- default (include "logferry.backend.fullname" .) .Values.backend.tenants.existingConfigMap -}}
+{{- end -}}
+
+{{/* The key of the registry in that ConfigMap. */}}
+{{- define "logferry.backend.tenantsKey" -}}
+{{- if .Values.backend.tenants.existingConfigMap -}}
+{{- default "tenants.yaml" .Values.backend.tenants.existingConfigMapKey -}}
+{{- else -}}
+tenants.yaml
+{{- end -}}
+{{- end -}}
+
+{{/*
+The Secret with the backend's keys: backend.keys.existingSecret, or the chart's own
+when keys are given inline; empty when neither (keys are then generated on the PVC).
+Fails on contradictory values.
+*/}}
+{{- define "logferry.backend.keysSecret" -}}
+{{- $keys := .Values.backend.keys -}}
+{{- $inline := or $keys.signingKey $keys.signingPublicKey -}}
+{{- if and $keys.existingSecret $inline -}}
+{{- fail "backend.keys: set existingSecret or the inline signingKey/signingPublicKey, not both" -}}
+{{- end -}}
+{{- if $keys.existingSecret -}}
+{{- range $keys.tenantKeys -}}
+{{- if .value -}}
+{{- fail (printf "backend.keys.tenantKeys: %s/%v has an inline value, but the keys come from existingSecret %s; put it in that Secret" .tenant .id $keys.existingSecret) -}}
+{{- end -}}
+{{- end -}}
+{{- $keys.existingSecret -}}
+{{- else if $inline -}}
+{{- if not (and $keys.signingKey $keys.signingPublicKey) -}}
+{{- fail "backend.keys: signingKey and signingPublicKey go together (the backend cannot write the missing one into the read-only Secret mount)" -}}
+{{- end -}}
+{{- range $keys.tenantKeys -}}
+{{- if not .value -}}
+{{- fail (printf "backend.keys.tenantKeys: %s/%v needs a value (the base64 key file of `logferry keys generate`) when the chart creates the Secret" .tenant .id) -}}
+{{- end -}}
+{{- end -}}
+{{- printf "%s-keys" (include "logferry.backend.fullname" .) -}}
+{{- else if $keys.tenantKeys -}}
+{{- fail "backend.keys.tenantKeys needs backend.keys.existingSecret or the inline signing key pair: the Secret mounted at /data/keys must hold the signing key too" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Secret key of a tenant's decryption key: include with one backend.keys.tenantKeys entry. */}}
+{{- define "logferry.backend.tenantKeySecretKey" -}}
+{{- default (printf "tenant.%s.%d.key" .tenant (int64 .id)) .secretKey -}}
+{{- end -}}
