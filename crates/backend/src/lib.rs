@@ -15,6 +15,8 @@
 
 pub mod activity;
 pub mod auth;
+pub mod chain;
+pub mod deadletter;
 pub mod fsutil;
 pub mod ingest;
 pub mod keys;

@@ -95,6 +95,19 @@ pub struct Reloader {
     pub registry: PathBuf,
     pub revoked: PathBuf,
     pub metrics: Metrics,
+    /// The destinations the router runs (they change on restart only).
+    pub destinations: String,
+}
+
+/// Every tenant's destinations, to tell whether a reload changed them.
+pub fn destinations_of(registry: &Registry) -> String {
+    let all: Vec<_> = registry
+        .file()
+        .tenants
+        .iter()
+        .map(|t| (&t.name, &t.destinations))
+        .collect();
+    serde_json::to_string(&all).unwrap_or_default()
 }
 
 /// The last content seen of one file, so a reload applies real changes only.
@@ -170,6 +183,12 @@ impl Reloader {
             };
             match parsed {
                 Ok(registry) => {
+                    if destinations_of(&registry) != self.destinations {
+                        warn!(
+                            "the tenant registry changes destinations; those take effect at the \
+                             next restart (access keys and agent settings apply now)"
+                        );
+                    }
                     self.live.set_tenants(Arc::new(registry));
                     self.applied("tenant registry", &self.registry);
                 }

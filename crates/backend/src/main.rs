@@ -53,15 +53,26 @@ enum Command {
     /// Tenants' payload encryption keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// What the router could not deliver, and why.
+    #[command(subcommand)]
+    DeadLetter(DeadLetterCommand),
     /// Ship lines from a file or stdin, without Fluent Bit.
     Send(SendArgs),
     /// Stateless ingest into Kafka (not in this build yet).
     Ingest,
     /// Route from Kafka to destinations (not in this build yet).
     Route,
-    /// Verify the hash chains of files the file sink wrote (not in this build yet).
+    /// Check files the file sink wrote against their hash chains and signed
+    /// checkpoints. Exits 1 on any finding.
     Verify {
-        /// Files to check.
+        /// The backend's data directory, for its public key.
+        #[arg(long, env = "LOGFERRY_DATA_DIR", default_value = "./logferry-data")]
+        data_dir: PathBuf,
+        /// The backend's public key (PEM); default: `<data-dir>/keys/signing.pub.pem`.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+        /// Files or directories (searched for `*.jsonl` and `*.msgpack`); default:
+        /// `<data-dir>/files` and `<data-dir>/destinations`.
         paths: Vec<PathBuf>,
     },
     /// Print the configuration reference (docs/configuration.md) as Markdown.
@@ -116,6 +127,37 @@ enum TokenCommand {
         revoked_tokens: Option<PathBuf>,
         /// The token (a compact JWT).
         token: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeadLetterCommand {
+    /// One line per dead letter: destination, number, time, origin, reason.
+    List {
+        /// The backend's data directory.
+        #[arg(long, env = "LOGFERRY_DATA_DIR", default_value = "./logferry-data")]
+        data_dir: PathBuf,
+        /// Only this destination.
+        #[arg(long)]
+        destination: Option<String>,
+    },
+    /// One dead letter in full (JSON).
+    Show {
+        /// The backend's data directory.
+        #[arg(long, env = "LOGFERRY_DATA_DIR", default_value = "./logferry-data")]
+        data_dir: PathBuf,
+        /// Print the chunk or batch bytes (base64) too.
+        #[arg(long)]
+        with_payload: bool,
+        /// The destination, as `list` prints it.
+        destination: String,
+        /// The number `list` prints after `#`.
+        number: usize,
+    },
+    /// Deliver dead letters again after fixing their cause (not in this build yet).
+    Replay {
+        /// The destination, as `list` prints it.
+        destination: String,
     },
 }
 
@@ -234,13 +276,50 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::DeadLetter(DeadLetterCommand::List {
+            data_dir,
+            destination,
+        }) => logferry_backend::deadletter::list(&data_dir, destination.as_deref()).map(|_| ()),
+        Command::DeadLetter(DeadLetterCommand::Show {
+            data_dir,
+            with_payload,
+            destination,
+            number,
+        }) => logferry_backend::deadletter::show(&data_dir, &destination, number, with_payload),
+        Command::DeadLetter(DeadLetterCommand::Replay { .. }) => bail!(
+            "`logferry dead-letter replay` is not implemented in this build yet; `dead-letter \
+             show --with-payload` prints what was kept, to re-send by hand"
+        ),
         Command::ConfigReference => {
             print!("{}", config_reference());
             Ok(())
         }
         Command::Ingest => not_in_this_build("`logferry ingest` (Kafka buffer)"),
         Command::Route => not_in_this_build("`logferry route` (Kafka buffer)"),
-        Command::Verify { .. } => not_in_this_build("`logferry verify` (hash-chained files)"),
+        Command::Verify {
+            data_dir,
+            public_key,
+            paths,
+        } => {
+            let key = public_key.unwrap_or_else(|| data_dir.join("keys").join("signing.pub.pem"));
+            let pem = std::fs::read(&key)
+                .with_context(|| format!("reading the backend's public key `{}`", key.display()))?;
+            let verifier = logferry_backend::chain::CheckpointVerifier::from_pem(&pem)?;
+            let paths = if paths.is_empty() {
+                ["files", "destinations"]
+                    .iter()
+                    .map(|d| data_dir.join(d))
+                    .filter(|d| d.exists())
+                    .collect()
+            } else {
+                paths
+            };
+            if logferry_backend::chain::verify_paths(&paths, &verifier)? {
+                Ok(())
+            } else {
+                bail!("some files do not match their hash chains (see above)")
+            }
+        }
     }
 }
 

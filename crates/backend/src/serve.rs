@@ -30,10 +30,10 @@ use crate::activity::{Activity, ActivityConfig};
 use crate::auth::{Revocations, TokenAuthority};
 use crate::ingest::{Authenticator, IngestService, Marks};
 use crate::keys::{KeyRing, encryption_spec, keys_dir};
-use crate::live::{Live, Reloader};
+use crate::live::{Live, Reloader, destinations_of};
 use crate::metrics::{self, Metrics};
 use crate::pki::{ServerPki, ensure_dev_pki, server_tls};
-use crate::router::{Destination, Router};
+use crate::router::{Destination, Format, Route, Router};
 use crate::sinks::{FileSink, StdoutSink};
 use crate::tenants::{Registry, TenantStore};
 
@@ -93,6 +93,10 @@ pub struct ServeArgs {
     /// none. Port 0 picks a free port.
     #[arg(long, env = "LOGFERRY_METRICS_LISTEN", default_value = "127.0.0.1:9464", value_parser = parse_listen)]
     pub metrics_listen: MetricsListen,
+    /// How often the file sink signs a checkpoint of each file's hash chain (with the
+    /// token-signing key); `0s` signs at every commit.
+    #[arg(long, env = "LOGFERRY_CHAIN_CHECKPOINT_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub chain_checkpoint_interval: Duration,
     /// Flag an agent as silent (`logferry_agent_silent`) once it has stored nothing
     /// for this long.
     #[arg(long, env = "LOGFERRY_AGENT_SILENCE_AFTER", default_value = "5m", value_parser = humantime::parse_duration)]
@@ -251,22 +255,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     activity.clone().spawn(shutdown.clone());
 
     let keys = Arc::new(KeyRing::new(keys_dir(data)));
-    let mut destinations = vec![Destination::open(
-        "files",
-        Box::new(FileSink::new(data.join("files"))),
-        data,
-        metrics.destination("files"),
-        keys.clone(),
-    )?];
-    if args.print_events {
-        destinations.push(Destination::open(
-            "stdout",
-            Box::new(StdoutSink),
-            data,
-            metrics.destination("stdout"),
-            keys,
-        )?);
-    }
+    let destinations = open_destinations(&args, &registry, &tokens, &keys, &metrics)?;
     tokio::spawn(watch_buffer(log.clone(), metrics.clone(), shutdown.clone()));
     let router = Router::start(destinations, log.clone(), marks.clone(), shutdown.clone());
 
@@ -284,6 +273,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         registry: registry_path,
         revoked: revoked_path,
         metrics: metrics.clone(),
+        destinations: destinations_of(&registry),
     }
     .spawn(shutdown.clone())?;
     let auth = Authenticator {
@@ -363,6 +353,82 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// The shared `files` destination (tenants without destinations of their own),
+/// `stdout` with `--print-events` (every tenant), and each tenant's own destinations,
+/// named `<tenant>.<name>` and written under `<data-dir>/destinations/<tenant>.<name>/`.
+fn open_destinations(
+    args: &ServeArgs,
+    registry: &Registry,
+    tokens: &Arc<TokenAuthority>,
+    keys: &Arc<KeyRing>,
+    metrics: &Metrics,
+) -> Result<Vec<Destination>> {
+    let data = &args.data_dir;
+    let file_sink = |root: PathBuf, suffix: &'static str| {
+        Box::new(FileSink::with_suffix(
+            root,
+            Some(tokens.clone()),
+            args.chain_checkpoint_interval,
+            suffix,
+        ))
+    };
+    let open = |name: &str, sink: Box<dyn crate::sinks::Sink>| {
+        Destination::open(name, sink, data, metrics.destination(name), keys.clone())
+    };
+    let own: std::collections::HashSet<String> = registry
+        .file()
+        .tenants
+        .iter()
+        .filter(|t| t.destinations.is_some())
+        .map(|t| t.name.clone())
+        .collect();
+    let mut destinations = vec![
+        open("files", file_sink(data.join("files"), ".jsonl"))?.with_route(Route {
+            except: own,
+            ..Route::default()
+        }),
+    ];
+    if args.print_events {
+        destinations.push(open("stdout", Box::new(StdoutSink))?);
+    }
+    for tenant in &registry.file().tenants {
+        for spec in tenant.destinations.iter().flatten() {
+            let name = format!("{}.{}", tenant.name, spec.name);
+            let format = match spec.format.as_deref() {
+                Some("msgpack") => Format::Msgpack,
+                _ => Format::Json,
+            };
+            let sink: Box<dyn crate::sinks::Sink> = match spec.kind.as_str() {
+                "stdout" => Box::new(StdoutSink),
+                _ => file_sink(
+                    data.join("destinations").join(&name),
+                    if format == Format::Msgpack {
+                        ".msgpack"
+                    } else {
+                        ".jsonl"
+                    },
+                ),
+            };
+            let route = Route {
+                tenant: Some(tenant.name.clone()),
+                tag: spec
+                    .tag_match
+                    .as_deref()
+                    .map(glob::Pattern::new)
+                    .transpose()
+                    .with_context(|| format!("destination `{name}`: match"))?,
+                access_keys: spec
+                    .access_keys
+                    .as_ref()
+                    .map(|keys| keys.iter().cloned().collect()),
+                ..Route::default()
+            };
+            destinations.push(open(&name, sink)?.with_route(route).with_format(format));
+        }
+    }
+    Ok(destinations)
 }
 
 /// Keeps the buffer gauges current.

@@ -21,7 +21,16 @@
 //!     rate_limit:                # optional; over it, RESOURCE_EXHAUSTED + retry hint
 //!       bytes_per_sec: 64M       #   compressed bytes on the wire
 //!       batches_per_sec: 500
+//!     destinations:              # optional; absent: the shared `files` destination
+//!       - name: audit            #   same charset as tenant names, unique per tenant
+//!         type: file             #   file | stdout
+//!         match: "audit.*"       #   tag glob (`*`, `?`, `[...]`), default "*"
+//!         access_keys: [ak_web]  #   default: every key of the tenant
+//!         format: json           #   json (JSON lines) | msgpack (the raw events)
 //! ```
+//!
+//! Destinations are read at start; changing them needs a restart (a reload that
+//! changes them says so in the log).
 //!
 //! The registry sits behind [`TenantStore`] so a database-backed store can replace
 //! the file later.
@@ -52,6 +61,28 @@ pub struct TenantSpec {
     pub encryption: Option<EncryptionSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitSpec>,
+    /// Where this tenant's records go. Absent: the shared `files` destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destinations: Option<Vec<DestinationSpec>>,
+}
+
+/// One destination of a tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationSpec {
+    pub name: String,
+    /// `file` or `stdout`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Tag glob, as Fluent Bit's `Match`; default `*`.
+    #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
+    pub tag_match: Option<String>,
+    /// Only these access keys of the tenant; default: all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_keys: Option<Vec<String>>,
+    /// `json` (default) or `msgpack`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
 }
 
 /// The key agents seal this tenant's batches to.
@@ -184,6 +215,8 @@ impl Registry {
             let limit = rate_limit(tenant.rate_limit.as_ref())
                 .with_context(|| format!("in the rate limit of tenant `{}`", tenant.name))?;
             registry.limits.insert(tenant.name.clone(), limit);
+            check_destinations(tenant)
+                .with_context(|| format!("in the destinations of tenant `{}`", tenant.name))?;
             for key in &tenant.access_keys {
                 check_name("access key", &key.key)?;
                 let principal = Principal {
@@ -237,6 +270,7 @@ impl Registry {
                 agent: None,
                 encryption,
                 rate_limit: None,
+                destinations: None,
             }],
         };
         Self::from_file(file).expect("the development registry is valid")
@@ -259,6 +293,38 @@ impl TenantStore for Registry {
     fn rate_limit(&self, tenant: &str) -> RateLimit {
         self.limits.get(tenant).copied().unwrap_or_default()
     }
+}
+
+fn check_destinations(tenant: &TenantSpec) -> Result<()> {
+    let mut names = std::collections::HashSet::new();
+    for spec in tenant.destinations.iter().flatten() {
+        check_name("destination name", &spec.name)?;
+        if !names.insert(spec.name.as_str()) {
+            bail!("destination `{}` is listed twice", spec.name);
+        }
+        let what = format!("destination `{}`", spec.name);
+        match spec.kind.as_str() {
+            "file" | "stdout" => {}
+            other => bail!("{what}: type `{other}` is not one of file, stdout"),
+        }
+        match spec.format.as_deref() {
+            None | Some("json") => {}
+            Some("msgpack") if spec.kind == "file" => {}
+            Some(other) => {
+                bail!("{what}: format `{other}` is not one of json, msgpack (file only)")
+            }
+        }
+        if let Some(pattern) = &spec.tag_match {
+            glob::Pattern::new(pattern)
+                .map_err(|e| anyhow::anyhow!("{what}: match `{pattern}`: {e}"))?;
+        }
+        for key in spec.access_keys.iter().flatten() {
+            if !tenant.access_keys.iter().any(|k| &k.key == key) {
+                bail!("{what}: access key `{key}` is not a key of this tenant");
+            }
+        }
+    }
+    Ok(())
 }
 
 fn rate_limit(spec: Option<&RateLimitSpec>) -> Result<RateLimit> {
@@ -424,6 +490,41 @@ tenants:
             Registry::parse(&twice).unwrap_err().to_string(),
             "client_cert_cn `web-01` is given to access keys `ak_web` and `ak_two`"
         );
+    }
+
+    #[test]
+    fn destination_errors_name_the_tenant_and_destination() {
+        let base = "tenants:\n  - name: acme\n    access_keys: [{key: ak}]\n    destinations:\n";
+        let err = |dest: &str| {
+            format!(
+                "{:#}",
+                Registry::parse(&format!("{base}{dest}")).unwrap_err()
+            )
+        };
+        assert!(
+            Registry::parse(&format!(
+                "{base}      - {{name: a, type: file, match: \"app.*\", access_keys: [ak]}}\n"
+            ))
+            .is_ok()
+        );
+        assert_eq!(
+            err("      - {name: a, type: s3}\n"),
+            "in the destinations of tenant `acme`: destination `a`: type `s3` is not one of file, stdout"
+        );
+        assert!(
+            err("      - {name: a, type: file}\n      - {name: a, type: stdout}\n")
+                .ends_with("destination `a` is listed twice")
+        );
+        assert!(
+            err("      - {name: a, type: stdout, format: msgpack}\n")
+                .contains("format `msgpack` is not one of json, msgpack (file only)")
+        );
+        assert!(
+            err("      - {name: a, type: file, access_keys: [other]}\n")
+                .ends_with("access key `other` is not a key of this tenant")
+        );
+        assert!(err("      - {name: a, type: file, match: \"[\"}\n").contains("match `[`"));
+        assert!(err("      - {name: ../x, type: file}\n").contains("destination name `../x`"));
     }
 
     #[test]

@@ -48,6 +48,19 @@ fn assert_exactly_once(data_dir: &Path, copies: usize) {
         assert_eq!(records.len(), want.len(), "records of {tag}");
         assert!(records == &want, "{tag}: records differ from the fixture");
     }
+    // The files and their hash chains survived the crashes in step.
+    let verify = std::process::Command::new(logferry_e2e::backend::backend_bin())
+        .arg("verify")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "logferry verify after the crashes:\n{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
 }
 
 #[test]

@@ -775,6 +775,43 @@ async fn batches_that_do_not_open_are_dead_lettered_with_their_reason() {
         dead.iter()
             .all(|d| d["payload_b64"].as_str().is_some_and(|p| !p.is_empty()))
     );
+
+    // The operator's view: `dead-letter list` and `show`.
+    let cli = |args: &[&str]| {
+        Command::new(backend_bin())
+            .args(args)
+            .arg("--data-dir")
+            .arg(data.path())
+            .output()
+            .unwrap()
+    };
+    let list = cli(&["dead-letter", "list"]);
+    let stdout = String::from_utf8_lossy(&list.stdout);
+    assert!(list.status.success(), "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    assert!(
+        lines[0].starts_with("files #1 ") && lines[0].contains(" seqs 1..1 "),
+        "{stdout}"
+    );
+    assert!(
+        lines[3].contains(" seqs 4..4 ") && lines[3].contains("no private key id 99"),
+        "{stdout}"
+    );
+    let show = cli(&["dead-letter", "show", "files", "4"]);
+    let entry: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert_eq!(entry["key_id"], 99);
+    assert!(
+        entry["payload_b64"]
+            .as_str()
+            .unwrap()
+            .contains("--with-payload")
+    );
+    let missing = cli(&["dead-letter", "show", "files", "9"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("has 4 dead letter(s); #9 is not one")
+    );
     backend.stop();
 }
 

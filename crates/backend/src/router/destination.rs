@@ -8,7 +8,7 @@
 //! below the agent's mark were delivered already and are skipped; that also covers
 //! a batch the ingest tier stored twice.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +35,47 @@ use crate::sinks::{FileSet, Sink};
 /// How much buffer payload one step reads.
 const STEP_BYTES: usize = 16 << 20;
 
+/// Which records a destination takes.
+#[derive(Debug, Clone, Default)]
+pub struct Route {
+    /// `Some(tenant)`: that tenant only. `None`: every tenant not in `except` (the
+    /// shared destinations of tenants that list none of their own).
+    pub tenant: Option<String>,
+    pub except: HashSet<String>,
+    /// Tag glob; `None` takes every tag.
+    pub tag: Option<glob::Pattern>,
+    /// Access keys; `None` takes every key.
+    pub access_keys: Option<HashSet<String>>,
+}
+
+impl Route {
+    fn takes_batch(&self, tenant: &str, access_key: &str) -> bool {
+        let tenant_ok = match &self.tenant {
+            Some(only) => only == tenant,
+            None => !self.except.contains(tenant),
+        };
+        tenant_ok
+            && self
+                .access_keys
+                .as_ref()
+                .is_none_or(|keys| keys.contains(access_key))
+    }
+
+    fn takes_tag(&self, tag: &str) -> bool {
+        self.tag.as_ref().is_none_or(|pattern| pattern.matches(tag))
+    }
+}
+
+/// What a destination writes for each chunk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON object per record (see [`super::decode`]).
+    #[default]
+    Json,
+    /// The chunk's msgpack events as Fluent Bit produced them.
+    Msgpack,
+}
+
 /// See the module docs.
 pub struct Destination {
     name: String,
@@ -45,6 +86,8 @@ pub struct Destination {
     lines: Vec<u8>,
     metrics: DestinationMetrics,
     keys: Arc<KeyRing>,
+    route: Route,
+    format: Format,
 }
 
 impl std::fmt::Debug for Destination {
@@ -86,6 +129,8 @@ impl Destination {
             lines: Vec::new(),
             metrics,
             keys,
+            route: Route::default(),
+            format: Format::Json,
         };
         destination
             .recover()
@@ -101,6 +146,17 @@ impl Destination {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Takes only what `route` matches.
+    pub fn with_route(mut self, route: Route) -> Self {
+        self.route = route;
+        self
+    }
+
+    pub fn with_format(mut self, format: Format) -> Self {
+        self.format = format;
+        self
     }
 
     pub fn next_offset(&self) -> u64 {
@@ -210,6 +266,10 @@ impl Destination {
                 .inc_by(u64::from(meta.chunk_count));
             return Ok(());
         }
+        if !self.route.takes_batch(&meta.tenant, &meta.access_key) {
+            marks.insert(mark_key, meta.last_seq);
+            return Ok(());
+        }
         let base = json!({
             "time": now(),
             "destination": self.name,
@@ -250,7 +310,20 @@ impl Destination {
                 self.metrics.duplicates_skipped.inc();
                 continue;
             }
+            if !self.route.takes_tag(&chunk.tag) {
+                delivered_to = chunk.seq;
+                continue;
+            }
             match decode_chunk(&chunk.data) {
+                Ok(events) if self.format == Format::Msgpack => {
+                    self.sink
+                        .write(&meta.tenant, &meta.access_key, &chunk.data)?;
+                    let records = events
+                        .iter()
+                        .filter(|e| matches!(e, super::decode::Event::Record { .. }))
+                        .count();
+                    self.metrics.records.inc_by(records as u64);
+                }
                 Ok(events) => {
                     self.lines.clear();
                     let origin = Origin {

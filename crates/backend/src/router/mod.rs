@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 pub use checkpoint::Checkpoint;
-pub use destination::Destination;
+pub use destination::{Destination, Format, Route};
 
 use crate::ingest::Marks;
 

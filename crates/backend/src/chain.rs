@@ -1,0 +1,609 @@
+//! Tamper evidence for the file sink: a hash chain per file and signed checkpoints.
+//!
+//! Beside every sink file `X.jsonl` the sink keeps `X.jsonl.chain`, JSON lines of two
+//! kinds, in the order they were written:
+//!
+//! - a link for each block appended to `X.jsonl` in one router step:
+//!   `{"o": offset, "n": length, "h": hex(SHA-256(previous head || block))}`; the
+//!   first previous head is `SHA-256("logferry/v1 chain\0" || file name)`, which binds
+//!   the chain to the file's name (and so to its access key);
+//! - a checkpoint, every `--chain-checkpoint-interval`: `{"c": JWS}` whose claims
+//!   `{"file", "len", "head", "iat"}` are signed (EdDSA) with the backend's key.
+//!
+//! A link alone proves order and content only against someone who cannot recompute
+//! hashes; the signed checkpoints are what an attacker cannot forge. `logferry verify`
+//! walks both and reports the first place a file stops matching: a modified or
+//! reordered block, a truncation, bytes a foreign writer appended, a deleted file.
+//! What was written after the last checkpoint is chained but not yet signed, and
+//! rewinding a file and its chain to an earlier signed checkpoint is only visible
+//! against a copy of the latest checkpoint kept elsewhere.
+//!
+//! The chain file is written and truncated together with its data file (both are
+//! in the destination's checkpoint), so a crash never leaves them disagreeing.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The chain file of a data file.
+pub fn chain_path(data: &Path) -> PathBuf {
+    let mut name = data.as_os_str().to_owned();
+    name.push(".chain");
+    PathBuf::from(name)
+}
+
+/// The head a chain starts from: it names the file.
+pub fn genesis(file_name: &str) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(b"logferry/v1 chain\0");
+    hasher.update(file_name.as_bytes());
+    hasher.finalize().into()
+}
+
+/// One line of a chain file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ChainLine {
+    Link { o: u64, n: u64, h: String },
+    Checkpoint { c: String },
+}
+
+/// The claims of a signed checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointClaims {
+    pub file: String,
+    pub len: u64,
+    pub head: String,
+    pub iat: u64,
+}
+
+/// The running head of one file's chain, with the block being appended.
+#[derive(Debug, Clone)]
+pub struct ChainState {
+    pub head: [u8; 32],
+    /// Where the pending block starts (the data file's committed length).
+    pub end: u64,
+    pending: Option<Sha256>,
+    pending_len: u64,
+    /// The head and length last signed.
+    pub signed: Option<(u64, [u8; 32])>,
+}
+
+impl ChainState {
+    /// The state after the last link of `chain` (a chain file's text, possibly
+    /// ending mid-line), or a new chain for `file_name` starting at `data_len`.
+    pub fn resume(file_name: &str, chain: &str, data_len: u64) -> Self {
+        let mut state = Self {
+            head: genesis(file_name),
+            end: data_len,
+            pending: None,
+            pending_len: 0,
+            signed: None,
+        };
+        let mut found = false;
+        for line in chain.lines() {
+            if let Ok(ChainLine::Link { o, n, h }) = serde_json::from_str(line)
+                && let Ok(head) = hex::decode(&h)
+                && let Ok(head) = <[u8; 32]>::try_from(head)
+            {
+                state.head = head;
+                state.end = o + n;
+                found = true;
+            }
+        }
+        if !found {
+            // Data written before the chain existed stays outside it; verify says so.
+            state.end = data_len;
+        }
+        state
+    }
+
+    /// Adds appended bytes to the pending block.
+    pub fn update(&mut self, bytes: &[u8]) {
+        let head = self.head;
+        self.pending
+            .get_or_insert_with(|| {
+                let mut hasher = Sha256::new();
+                hasher.update(head);
+                hasher
+            })
+            .update(bytes);
+        self.pending_len += bytes.len() as u64;
+    }
+
+    /// Closes the pending block; returns its link, if any bytes were appended.
+    pub fn close_block(&mut self) -> Option<ChainLine> {
+        let hasher = self.pending.take()?;
+        self.head = hasher.finalize().into();
+        let link = ChainLine::Link {
+            o: self.end,
+            n: self.pending_len,
+            h: hex::encode(self.head),
+        };
+        self.end += self.pending_len;
+        self.pending_len = 0;
+        Some(link)
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl CheckpointClaims {
+    pub fn now(file: &str, state: &ChainState) -> Self {
+        Self {
+            file: file.to_string(),
+            len: state.end,
+            head: hex::encode(state.head),
+            iat: unix_now(),
+        }
+    }
+}
+
+/// Checks checkpoint signatures with the backend's public key.
+pub struct CheckpointVerifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for CheckpointVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CheckpointVerifier")
+    }
+}
+
+impl CheckpointVerifier {
+    /// From the backend's public key (`keys/signing.pub.pem`).
+    pub fn from_pem(public_pem: &[u8]) -> Result<Self> {
+        let key = DecodingKey::from_ed_pem(public_pem).context("bad Ed25519 public key")?;
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.required_spec_claims.clear();
+        validation.validate_exp = false;
+        Ok(Self { key, validation })
+    }
+
+    fn verify(&self, jws: &str) -> Result<CheckpointClaims, String> {
+        jsonwebtoken::decode::<CheckpointClaims>(jws, &self.key, &self.validation)
+            .map(|data| data.claims)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// What `verify_file` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileReport {
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub blocks: u64,
+    pub checkpoints: u64,
+    /// Bytes covered by the last valid signed checkpoint.
+    pub signed_len: u64,
+    /// The first problem, if any.
+    pub finding: Option<String>,
+}
+
+const READ_CHUNK: usize = 1 << 20;
+
+/// Checks one data file against its chain file.
+pub fn verify_file(path: &Path, verifier: &CheckpointVerifier) -> Result<FileReport> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let mut report = FileReport {
+        path: path.to_path_buf(),
+        bytes: 0,
+        blocks: 0,
+        checkpoints: 0,
+        signed_len: 0,
+        finding: None,
+    };
+    let chain_file = chain_path(path);
+    let chain = match std::fs::read_to_string(&chain_file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            report.finding = Some(format!(
+                "no hash chain: {} is missing",
+                chain_file.display()
+            ));
+            return Ok(report);
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", chain_file.display())),
+    };
+    let mut data = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            report.finding = Some("deleted: the file is gone, its hash chain remains".into());
+            return Ok(report);
+        }
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+    };
+    let len = data.metadata()?.len();
+    report.bytes = len;
+    let mut head = genesis(&name);
+    let mut pos = 0u64;
+    let mut buf = vec![0u8; READ_CHUNK];
+    for (number, line) in chain.lines().enumerate() {
+        let line_no = number + 1;
+        let parsed: ChainLine = match serde_json::from_str(line) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                report.finding = Some(format!(
+                    "chain line {line_no} is not a link or checkpoint ({e}); the chain file was altered"
+                ));
+                return Ok(report);
+            }
+        };
+        match parsed {
+            ChainLine::Link { o, n, h } => {
+                if report.blocks == 0 && o > 0 && pos == 0 {
+                    // The chain began after data written by an older version.
+                    pos = o;
+                    data.seek(SeekFrom::Start(o))?;
+                }
+                if o != pos {
+                    report.finding = Some(format!(
+                        "chain line {line_no}: a block at byte {o} follows one ending at byte {pos}; \
+                         the chain was reordered or a link removed"
+                    ));
+                    return Ok(report);
+                }
+                if o + n > len {
+                    report.finding = Some(format!(
+                        "truncated at byte {len}: the chain covers {} bytes",
+                        o + n
+                    ));
+                    return Ok(report);
+                }
+                let mut hasher = Sha256::new();
+                hasher.update(head);
+                let mut left = n;
+                while left > 0 {
+                    let want = (left as usize).min(READ_CHUNK);
+                    data.read_exact(&mut buf[..want])?;
+                    hasher.update(&buf[..want]);
+                    left -= want as u64;
+                }
+                let next: [u8; 32] = hasher.finalize().into();
+                if hex::encode(next) != h {
+                    report.finding = Some(format!(
+                        "modified: bytes {o}..{} do not match the chain (first changed block at \
+                         byte {o}); content was altered or reordered there",
+                        o + n
+                    ));
+                    return Ok(report);
+                }
+                head = next;
+                pos = o + n;
+                report.blocks += 1;
+            }
+            ChainLine::Checkpoint { c } => {
+                let claims = match verifier.verify(&c) {
+                    Ok(claims) => claims,
+                    Err(e) => {
+                        report.finding = Some(format!(
+                            "chain line {line_no}: the checkpoint's signature does not verify ({e}); \
+                             forged, or signed by another backend's key"
+                        ));
+                        return Ok(report);
+                    }
+                };
+                if claims.file != name || claims.len != pos || claims.head != hex::encode(head) {
+                    report.finding = Some(format!(
+                        "chain line {line_no}: the signed checkpoint (file {}, {} bytes) does not \
+                         match the chain at byte {pos}; the file and its chain were rewritten",
+                        claims.file, claims.len
+                    ));
+                    return Ok(report);
+                }
+                report.checkpoints += 1;
+                report.signed_len = pos;
+            }
+        }
+    }
+    if len > pos {
+        report.finding = Some(format!(
+            "extended by a foreign writer: bytes {pos}..{len} are not in the chain"
+        ));
+    }
+    Ok(report)
+}
+
+/// Every data file under `path` (a file, or a directory searched recursively), and
+/// chain files whose data file is gone.
+pub fn collect(path: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    if path.is_dir() {
+        let mut entries: Vec<_> = std::fs::read_dir(path)
+            .with_context(|| format!("listing {}", path.display()))?
+            .collect::<Result<_, _>>()?;
+        entries.sort_by_key(|e| e.path());
+        for entry in entries {
+            collect(&entry.path(), out)?;
+        }
+    } else if let Some(data) = path.to_str().and_then(|p| p.strip_suffix(".chain")) {
+        let data = PathBuf::from(data);
+        if !data.exists() && !out.contains(&data) {
+            out.push(data);
+        }
+    } else if path
+        .extension()
+        .is_some_and(|e| e == "jsonl" || e == "msgpack")
+        && !out.contains(&path.to_path_buf())
+    {
+        out.push(path.to_path_buf());
+    }
+    Ok(())
+}
+
+/// `logferry verify`: checks every file, prints one line each and a summary with the
+/// throughput. Returns whether everything was OK.
+pub fn verify_paths(paths: &[PathBuf], verifier: &CheckpointVerifier) -> Result<bool> {
+    let started = Instant::now();
+    let mut files = Vec::new();
+    for path in paths {
+        if !path.exists() && !chain_path(path).exists() {
+            anyhow::bail!("{} does not exist", path.display());
+        }
+        collect(path, &mut files)?;
+    }
+    let (mut bytes, mut bad) = (0u64, 0usize);
+    for file in &files {
+        let report = verify_file(file, verifier)?;
+        bytes += report.bytes;
+        match &report.finding {
+            None => println!(
+                "OK {}: {} bytes in {} blocks, {} signed checkpoints, signed up to byte {}{}",
+                file.display(),
+                report.bytes,
+                report.blocks,
+                report.checkpoints,
+                report.signed_len,
+                if report.signed_len < report.bytes {
+                    " (the rest is chained, not signed yet)"
+                } else {
+                    ""
+                }
+            ),
+            Some(finding) => {
+                bad += 1;
+                println!("FAIL {}: {finding}", file.display());
+            }
+        }
+    }
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    eprintln!(
+        "verified {} file(s), {bytes} bytes in {:.2}s ({:.0} MB/s): {}",
+        files.len(),
+        secs,
+        bytes as f64 / 1e6 / secs,
+        if bad == 0 {
+            "all OK".to_string()
+        } else {
+            format!("{bad} with findings")
+        }
+    );
+    Ok(bad == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::auth::TokenAuthority;
+    use crate::sinks::{FileSink, Sink};
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        root: PathBuf,
+        data: PathBuf,
+        verifier: CheckpointVerifier,
+    }
+
+    /// Three committed steps of two lines each, signed at every commit.
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        let authority = Arc::new(TokenAuthority::load_or_create(&keys).unwrap());
+        let root = dir.path().join("files");
+        let mut sink = FileSink::new(root.clone(), Some(authority), Duration::ZERO);
+        sink.recover(&serde_json::Value::Null).unwrap();
+        for step in 0..3 {
+            sink.write("t", "ak", format!("{{\"n\":{step}}}\n").as_bytes())
+                .unwrap();
+            sink.write("t", "ak", b"{\"second\":true}\n").unwrap();
+            sink.commit().unwrap();
+        }
+        let pem = std::fs::read(keys.join("signing.pub.pem")).unwrap();
+        Fixture {
+            data: root.join("t/ak/ak.jsonl"),
+            root,
+            verifier: CheckpointVerifier::from_pem(&pem).unwrap(),
+            _dir: dir,
+        }
+    }
+
+    fn finding(f: &Fixture) -> String {
+        verify_file(&f.data, &f.verifier)
+            .unwrap()
+            .finding
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn an_untouched_file_verifies() {
+        let f = fixture();
+        let report = verify_file(&f.data, &f.verifier).unwrap();
+        assert_eq!(report.finding, None);
+        assert_eq!((report.blocks, report.checkpoints), (3, 3));
+        assert_eq!(report.signed_len, report.bytes);
+        assert!(verify_paths(std::slice::from_ref(&f.root), &f.verifier).unwrap());
+    }
+
+    #[test]
+    fn every_kind_of_tampering_is_found_where_it_happened() {
+        let f = fixture();
+        let original = std::fs::read(&f.data).unwrap();
+        let block = |n: usize| {
+            let text = std::fs::read_to_string(chain_path(&f.data)).unwrap();
+            let links: Vec<ChainLine> = text
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .filter(|l| matches!(l, ChainLine::Link { .. }))
+                .collect();
+            match &links[n] {
+                ChainLine::Link { o, n, .. } => (*o, *n),
+                ChainLine::Checkpoint { .. } => unreachable!(),
+            }
+        };
+
+        // One byte changed in the second block.
+        let (o, n) = block(1);
+        let mut modified = original.clone();
+        modified[o as usize + 3] ^= 0x20;
+        std::fs::write(&f.data, &modified).unwrap();
+        assert_eq!(
+            finding(&f),
+            format!(
+                "modified: bytes {o}..{} do not match the chain (first changed block at byte {o}); \
+                 content was altered or reordered there",
+                o + n
+            )
+        );
+
+        // Two lines swapped: same bytes, another order.
+        let text = String::from_utf8(original.clone()).unwrap();
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.swap(0, 1);
+        std::fs::write(&f.data, lines.join("\n") + "\n").unwrap();
+        assert!(
+            finding(&f).starts_with("modified: bytes 0.."),
+            "{}",
+            finding(&f)
+        );
+
+        // Truncated.
+        std::fs::write(&f.data, &original[..original.len() - 5]).unwrap();
+        assert_eq!(
+            finding(&f),
+            format!(
+                "truncated at byte {}: the chain covers {} bytes",
+                original.len() - 5,
+                original.len()
+            )
+        );
+
+        // Extended by someone else.
+        let mut extended = original.clone();
+        extended.extend_from_slice(b"{\"forged\":1}\n");
+        std::fs::write(&f.data, &extended).unwrap();
+        assert_eq!(
+            finding(&f),
+            format!(
+                "extended by a foreign writer: bytes {}..{} are not in the chain",
+                original.len(),
+                extended.len()
+            )
+        );
+
+        // Rewritten together with a recomputed chain: the signatures give it away.
+        let mut forged = original.clone();
+        forged[1] ^= 0x20;
+        std::fs::write(&f.data, &forged).unwrap();
+        let chain = std::fs::read_to_string(chain_path(&f.data)).unwrap();
+        let mut head = genesis("ak.jsonl");
+        let rewritten: Vec<String> = chain
+            .lines()
+            .map(|line| match serde_json::from_str(line).unwrap() {
+                ChainLine::Link { o, n, .. } => {
+                    let mut hasher = Sha256::new();
+                    hasher.update(head);
+                    hasher.update(&forged[o as usize..(o + n) as usize]);
+                    head = hasher.finalize().into();
+                    serde_json::to_string(&ChainLine::Link {
+                        o,
+                        n,
+                        h: hex::encode(head),
+                    })
+                    .unwrap()
+                }
+                checkpoint => serde_json::to_string(&checkpoint).unwrap(),
+            })
+            .collect();
+        std::fs::write(chain_path(&f.data), rewritten.join("\n") + "\n").unwrap();
+        assert!(
+            finding(&f).contains("the signed checkpoint (file ak.jsonl")
+                && finding(&f).contains("rewritten"),
+            "{}",
+            finding(&f)
+        );
+
+        // A checkpoint signed by another key.
+        std::fs::write(&f.data, &original).unwrap();
+        std::fs::write(chain_path(&f.data), &chain).unwrap();
+        let other = TokenAuthority::load_or_create(tempfile::tempdir().unwrap().path()).unwrap();
+        let forged_checkpoint = serde_json::to_string(&ChainLine::Checkpoint {
+            c: other
+                .sign_json(&CheckpointClaims {
+                    file: "ak.jsonl".into(),
+                    len: original.len() as u64,
+                    head: "00".repeat(32),
+                    iat: 0,
+                })
+                .unwrap(),
+        })
+        .unwrap();
+        std::fs::write(chain_path(&f.data), format!("{chain}{forged_checkpoint}\n")).unwrap();
+        assert!(
+            finding(&f).contains("signature does not verify"),
+            "{}",
+            finding(&f)
+        );
+
+        // Deleted: the chain file stays behind.
+        std::fs::write(chain_path(&f.data), &chain).unwrap();
+        std::fs::remove_file(&f.data).unwrap();
+        assert_eq!(
+            finding(&f),
+            "deleted: the file is gone, its hash chain remains"
+        );
+        assert!(!verify_paths(std::slice::from_ref(&f.root), &f.verifier).unwrap());
+    }
+
+    #[test]
+    fn a_crash_after_a_checkpoint_leaves_file_and_chain_in_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        let authority = Arc::new(TokenAuthority::load_or_create(&keys).unwrap());
+        let root = dir.path().join("files");
+        let mut sink = FileSink::new(root.clone(), Some(authority.clone()), Duration::ZERO);
+        sink.recover(&serde_json::Value::Null).unwrap();
+        sink.write("t", "ak", b"{\"a\":1}\n").unwrap();
+        let state = sink.commit().unwrap();
+        // Written but never committed, then the process dies.
+        sink.write("t", "ak", b"{\"lost\":1}\n").unwrap();
+        drop(sink);
+        let mut sink = FileSink::new(root.clone(), Some(authority), Duration::ZERO);
+        sink.recover(&state).unwrap();
+        sink.write("t", "ak", b"{\"b\":2}\n").unwrap();
+        sink.commit().unwrap();
+        let pem = std::fs::read(keys.join("signing.pub.pem")).unwrap();
+        let verifier = CheckpointVerifier::from_pem(&pem).unwrap();
+        let report = verify_file(&root.join("t/ak/ak.jsonl"), &verifier).unwrap();
+        assert_eq!(report.finding, None);
+        assert_eq!((report.blocks, report.checkpoints), (2, 2));
+        assert_eq!(
+            std::fs::read_to_string(root.join("t/ak/ak.jsonl")).unwrap(),
+            "{\"a\":1}\n{\"b\":2}\n"
+        );
+    }
+}

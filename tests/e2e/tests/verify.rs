@@ -1,0 +1,79 @@
+//! `logferry verify` on what a real backend wrote: OK with exit 0, then a finding and
+//! exit 1 once a byte is changed.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use logferry_e2e::backend::{Backend, backend_bin, wait_for_lines};
+
+#[test]
+fn verify_passes_on_sink_files_and_fails_on_a_changed_byte() {
+    let data = tempfile::tempdir().unwrap();
+    let backend = Backend::start(data.path(), 0, &["--chain-checkpoint-interval", "0s"]);
+    let mut send = Command::new(backend_bin())
+        .args(["send", "-", "--tag", "audit", "--chunk-bytes", "64K"])
+        .envs(backend.credentials_env())
+        .stdin(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = send.stdin.take().unwrap();
+    for n in 0..20_000 {
+        writeln!(stdin, "audit line {n}").unwrap();
+    }
+    drop(stdin);
+    assert!(send.wait().unwrap().success());
+    wait_for_lines(data.path(), 20_000, Duration::from_secs(30));
+    backend.stop();
+
+    let verify = || {
+        Command::new(backend_bin())
+            .arg("verify")
+            .arg("--data-dir")
+            .arg(data.path())
+            .output()
+            .unwrap()
+    };
+    let ok = verify();
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    let stderr = String::from_utf8_lossy(&ok.stderr);
+    assert!(ok.status.success(), "{stdout}{stderr}");
+    let file = std::fs::read_dir(data.path().join("files/dev"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let key = file.file_name().unwrap().to_string_lossy().to_string();
+    let data_file = file.join(format!("{key}.jsonl"));
+    let len = std::fs::metadata(&data_file).unwrap().len();
+    assert!(
+        stdout.starts_with(&format!("OK {}: {len} bytes in ", data_file.display()))
+            && stdout.contains(&format!("signed up to byte {len}\n")),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("verified 1 file(s)") && stderr.contains("MB/s): all OK"),
+        "{stderr}"
+    );
+
+    let mut bytes = std::fs::read(&data_file).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] = if bytes[at] == b'7' { b'8' } else { b'7' };
+    std::fs::write(&data_file, &bytes).unwrap();
+    let bad = verify();
+    let stdout = String::from_utf8_lossy(&bad.stdout);
+    assert_eq!(bad.status.code(), Some(1), "{stdout}");
+    let finding = stdout.lines().next().unwrap();
+    assert!(
+        finding.starts_with(&format!("FAIL {}: modified: bytes ", data_file.display())),
+        "{finding}"
+    );
+    // The block it names holds the changed byte.
+    let range = finding.split("modified: bytes ").nth(1).unwrap();
+    let (from, to) = range.split_once("..").unwrap();
+    let to: usize = to.split_whitespace().next().unwrap().parse().unwrap();
+    let from: usize = from.parse().unwrap();
+    assert!(from <= at && at < to, "{finding} (changed byte {at})");
+}
