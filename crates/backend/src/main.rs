@@ -9,6 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use logferry_backend::auth::{Revocations, TokenAuthority, decode_unverified, revoke};
 use logferry_backend::ingest::Authenticator;
+use logferry_backend::kafka::KafkaArgs;
 use logferry_backend::keys::{KeyRing, keys_dir};
 use logferry_backend::live::Live;
 use logferry_backend::send::{self, SendArgs};
@@ -58,10 +59,13 @@ enum Command {
     DeadLetter(DeadLetterCommand),
     /// Ship lines from a file or stdin, without Fluent Bit.
     Send(SendArgs),
-    /// Stateless ingest into Kafka (not in this build yet).
-    Ingest,
-    /// Route from Kafka to destinations (not in this build yet).
-    Route,
+    /// Stateless ingest into Kafka: authenticate agents, produce their batches, ack.
+    Ingest(KafkaRoleArgs),
+    /// Route from Kafka to the registry's destinations, exactly once per partition.
+    Route(KafkaRoleArgs),
+    /// Kafka administration.
+    #[command(subcommand)]
+    Kafka(KafkaCommand),
     /// Check files the file sink wrote against their hash chains and signed
     /// checkpoints. Exits 1 on any finding.
     Verify {
@@ -130,6 +134,31 @@ enum TokenCommand {
     },
 }
 
+/// `ingest` and `route` take the flags of `serve` (those of the embedded buffer are
+/// ignored) and the Kafka flags.
+#[derive(Debug, clap::Args)]
+struct KafkaRoleArgs {
+    #[command(flatten)]
+    serve: ServeArgs,
+    #[command(flatten)]
+    kafka: KafkaArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum KafkaCommand {
+    /// Create the topic (an existing one is left as it is).
+    Init {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        /// Partitions: the most routers that can share one destination's work.
+        #[arg(long, default_value_t = 6)]
+        partitions: i32,
+        /// Replicas of each partition.
+        #[arg(long, default_value_t = 1)]
+        replication: i32,
+    },
+}
+
 #[derive(Debug, Subcommand)]
 enum DeadLetterCommand {
     /// One line per dead letter: destination, number, time, origin, reason.
@@ -191,18 +220,15 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-fn not_in_this_build(what: &str) -> Result<()> {
-    bail!(
-        "{what} is not implemented in this build yet; `logferry serve` runs ingest, buffer and router in one process"
-    )
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Serve(args) => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?
-            .block_on(serve::run(args)),
+        Command::Serve(args) => runtime()?.block_on(serve::run(args)),
         Command::Send(args) => send::run(args),
         Command::Token(TokenCommand::Issue {
             data_dir,
@@ -294,8 +320,16 @@ fn run(cli: Cli) -> Result<()> {
             print!("{}", config_reference());
             Ok(())
         }
-        Command::Ingest => not_in_this_build("`logferry ingest` (Kafka buffer)"),
-        Command::Route => not_in_this_build("`logferry route` (Kafka buffer)"),
+        Command::Ingest(args) => runtime()?.block_on(serve::run_role(
+            args.serve,
+            serve::Role::Ingest(args.kafka),
+        )),
+        Command::Route(args) => runtime()?.block_on(serve::run_route(args.serve, args.kafka)),
+        Command::Kafka(KafkaCommand::Init {
+            kafka,
+            partitions,
+            replication,
+        }) => runtime()?.block_on(logferry_backend::kafka::init(&kafka, partitions, replication)),
         Command::Verify {
             data_dir,
             public_key,

@@ -28,7 +28,7 @@ use tracing::{info, warn};
 
 use crate::activity::{Activity, ActivityConfig};
 use crate::auth::{Revocations, TokenAuthority};
-use crate::ingest::{Authenticator, IngestService, Marks};
+use crate::ingest::{Authenticator, IngestService, Marks, Storage};
 use crate::keys::{KeyRing, encryption_spec, keys_dir};
 use crate::live::{Live, Reloader, destinations_of};
 use crate::metrics::{self, Metrics};
@@ -185,7 +185,20 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     })
 }
 
+/// What a process runs: everything on the embedded log, or the Kafka ingest tier.
+#[derive(Debug, Clone)]
+pub enum Role {
+    /// `logferry serve`.
+    Serve,
+    /// `logferry ingest`: authenticate, produce to Kafka, ack; no buffer, no router.
+    Ingest(crate::kafka::KafkaArgs),
+}
+
 pub async fn run(args: ServeArgs) -> Result<()> {
+    run_role(args, Role::Serve).await
+}
+
+pub async fn run_role(args: ServeArgs, role: Role) -> Result<()> {
     if args.plaintext && !args.listen.ip().is_loopback() && !args.plaintext_on_public_interface {
         bail!(
             "refusing to serve plaintext on {}: --plaintext is for loopback addresses; add \
@@ -222,20 +235,38 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         eprintln!("logferry: metrics on http://{bound}/metrics (also /healthz, /readyz)");
     }
 
-    let log_config = LogConfig {
-        max_bytes: args.buffer_max_size,
-        sync: args.buffer_sync,
-        ..LogConfig::new(data.join("buffer"))
+    let (storage, marks, log) = match &role {
+        Role::Serve => {
+            let log_config = LogConfig {
+                max_bytes: args.buffer_max_size,
+                sync: args.buffer_sync,
+                ..LogConfig::new(data.join("buffer"))
+            };
+            let (log, report) =
+                tokio::task::spawn_blocking(move || EmbeddedLog::open(log_config))
+                    .await?
+                    .context("opening the buffer")?;
+            // Damage found on open was already logged as a warning, place by place.
+            info!("buffer recovered: {report}");
+            let log = Arc::new(log);
+            let marks = Arc::new(Marks::load(&data.join("marks.json"), &log)?);
+            info!("dedup marks for {} agent(s) loaded", marks.len());
+            metrics.buffer_max_bytes.set(args.buffer_max_size as i64);
+            (Storage::Embedded(log.clone()), marks, Some(log))
+        }
+        Role::Ingest(kafka) => {
+            let kafka = kafka.clone();
+            let producer = tokio::task::spawn_blocking(move || {
+                crate::kafka::KafkaProducer::new(&kafka)
+            })
+            .await??;
+            (
+                Storage::Kafka(Arc::new(producer)),
+                Arc::new(Marks::in_memory()),
+                None,
+            )
+        }
     };
-    let (log, report) = tokio::task::spawn_blocking(move || EmbeddedLog::open(log_config))
-        .await?
-        .context("opening the buffer")?;
-    // Damage found on open was already logged as a warning, place by place.
-    info!("buffer recovered: {report}");
-    let log = Arc::new(log);
-    let marks = Arc::new(Marks::load(&data.join("marks.json"), &log)?);
-    info!("dedup marks for {} agent(s) loaded", marks.len());
-    metrics.buffer_max_bytes.set(args.buffer_max_size as i64);
     if args.agent_anomaly_factor <= 1.0 {
         bail!(
             "--agent-anomaly-factor must be above 1, got {}",
@@ -254,10 +285,20 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     ));
     activity.clone().spawn(shutdown.clone());
 
-    let keys = Arc::new(KeyRing::new(keys_dir(data)));
-    let destinations = open_destinations(&args, &registry, &tokens, &keys, &metrics)?;
-    tokio::spawn(watch_buffer(log.clone(), metrics.clone(), shutdown.clone()));
-    let router = Router::start(destinations, log.clone(), marks.clone(), shutdown.clone());
+    let router = match &log {
+        Some(log) => {
+            let keys = Arc::new(KeyRing::new(keys_dir(data)));
+            let destinations = open_destinations(&args, &registry, &tokens, &keys, &metrics)?;
+            tokio::spawn(watch_buffer(log.clone(), metrics.clone(), shutdown.clone()));
+            Some(Router::start(
+                destinations,
+                log.clone(),
+                marks.clone(),
+                shutdown.clone(),
+            ))
+        }
+        None => None,
+    };
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -282,7 +323,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     };
     let service = IngestService {
         auth,
-        log: log.clone(),
+        storage,
         marks,
         shutdown: shutdown.clone(),
         metrics: metrics.clone(),
@@ -345,9 +386,10 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_requested)
         .await
         .context("the gRPC server failed")?;
-    if tokio::time::timeout(Duration::from_secs(10), router.join())
-        .await
-        .is_err()
+    if let Some(router) = router
+        && tokio::time::timeout(Duration::from_secs(10), router.join())
+            .await
+            .is_err()
     {
         warn!("the router did not stop within 10s; its checkpoints keep it exactly-once anyway");
     }
@@ -355,28 +397,21 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
+/// One destination to run: what it takes and where it writes.
+#[derive(Debug, Clone)]
+pub struct DestinationPlan {
+    pub name: String,
+    /// `Some(root)`: a file sink there; `None`: stdout.
+    pub file_root: Option<PathBuf>,
+    pub route: Route,
+    pub format: Format,
+}
+
 /// The shared `files` destination (tenants without destinations of their own),
 /// `stdout` with `--print-events` (every tenant), and each tenant's own destinations,
 /// named `<tenant>.<name>` and written under `<data-dir>/destinations/<tenant>.<name>/`.
-fn open_destinations(
-    args: &ServeArgs,
-    registry: &Registry,
-    tokens: &Arc<TokenAuthority>,
-    keys: &Arc<KeyRing>,
-    metrics: &Metrics,
-) -> Result<Vec<Destination>> {
+pub fn plan_destinations(args: &ServeArgs, registry: &Registry) -> Result<Vec<DestinationPlan>> {
     let data = &args.data_dir;
-    let file_sink = |root: PathBuf, suffix: &'static str| {
-        Box::new(FileSink::with_suffix(
-            root,
-            Some(tokens.clone()),
-            args.chain_checkpoint_interval,
-            suffix,
-        ))
-    };
-    let open = |name: &str, sink: Box<dyn crate::sinks::Sink>| {
-        Destination::open(name, sink, data, metrics.destination(name), keys.clone())
-    };
     let own: std::collections::HashSet<String> = registry
         .file()
         .tenants
@@ -384,33 +419,26 @@ fn open_destinations(
         .filter(|t| t.destinations.is_some())
         .map(|t| t.name.clone())
         .collect();
-    let mut destinations = vec![
-        open("files", file_sink(data.join("files"), ".jsonl"))?.with_route(Route {
+    let mut plans = vec![DestinationPlan {
+        name: "files".into(),
+        file_root: Some(data.join("files")),
+        route: Route {
             except: own,
             ..Route::default()
-        }),
-    ];
+        },
+        format: Format::Json,
+    }];
     if args.print_events {
-        destinations.push(open("stdout", Box::new(StdoutSink))?);
+        plans.push(DestinationPlan {
+            name: "stdout".into(),
+            file_root: None,
+            route: Route::default(),
+            format: Format::Json,
+        });
     }
     for tenant in &registry.file().tenants {
         for spec in tenant.destinations.iter().flatten() {
             let name = format!("{}.{}", tenant.name, spec.name);
-            let format = match spec.format.as_deref() {
-                Some("msgpack") => Format::Msgpack,
-                _ => Format::Json,
-            };
-            let sink: Box<dyn crate::sinks::Sink> = match spec.kind.as_str() {
-                "stdout" => Box::new(StdoutSink),
-                _ => file_sink(
-                    data.join("destinations").join(&name),
-                    if format == Format::Msgpack {
-                        ".msgpack"
-                    } else {
-                        ".jsonl"
-                    },
-                ),
-            };
             let route = Route {
                 tenant: Some(tenant.name.clone()),
                 tag: spec
@@ -425,10 +453,68 @@ fn open_destinations(
                     .map(|keys| keys.iter().cloned().collect()),
                 ..Route::default()
             };
-            destinations.push(open(&name, sink)?.with_route(route).with_format(format));
+            plans.push(DestinationPlan {
+                file_root: (spec.kind != "stdout").then(|| data.join("destinations").join(&name)),
+                name,
+                route,
+                format: match spec.format.as_deref() {
+                    Some("msgpack") => Format::Msgpack,
+                    _ => Format::Json,
+                },
+            });
         }
     }
-    Ok(destinations)
+    Ok(plans)
+}
+
+impl DestinationPlan {
+    /// Opens the destination, or with `partition` the state of one Kafka partition
+    /// of it: checkpoint `<name>.p<N>`, files `<access_key>.p<N>.jsonl`.
+    pub fn open(
+        &self,
+        args: &ServeArgs,
+        tokens: &Arc<TokenAuthority>,
+        keys: &Arc<KeyRing>,
+        metrics: &Metrics,
+        partition: Option<i32>,
+    ) -> Result<Destination> {
+        let part = partition.map(|p| format!(".p{p}")).unwrap_or_default();
+        let extension = match self.format {
+            Format::Msgpack => "msgpack",
+            Format::Json => "jsonl",
+        };
+        let sink: Box<dyn crate::sinks::Sink> = match &self.file_root {
+            Some(root) => Box::new(FileSink::with_suffix(
+                root.clone(),
+                Some(tokens.clone()),
+                args.chain_checkpoint_interval,
+                format!("{part}.{extension}"),
+            )),
+            None => Box::new(StdoutSink),
+        };
+        Ok(Destination::open(
+            &format!("{}{part}", self.name),
+            sink,
+            &args.data_dir,
+            metrics.destination(&self.name),
+            keys.clone(),
+        )?
+        .with_route(self.route.clone())
+        .with_format(self.format))
+    }
+}
+
+fn open_destinations(
+    args: &ServeArgs,
+    registry: &Registry,
+    tokens: &Arc<TokenAuthority>,
+    keys: &Arc<KeyRing>,
+    metrics: &Metrics,
+) -> Result<Vec<Destination>> {
+    plan_destinations(args, registry)?
+        .iter()
+        .map(|plan| plan.open(args, tokens, keys, metrics, None))
+        .collect()
 }
 
 /// Keeps the buffer gauges current.
@@ -492,5 +578,66 @@ fn write_dev_credentials(
         absolute(&path).display(),
         spool.display(),
     );
+    Ok(())
+}
+
+/// `logferry route`: every destination of the registry consumes the Kafka topic in
+/// its own group (`logferry.<destination>`), exactly once per partition (see
+/// [`crate::kafka`]). Runs until SIGINT or SIGTERM.
+pub async fn run_route(args: ServeArgs, kafka: crate::kafka::KafkaArgs) -> Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let data = args.data_dir.clone();
+    std::fs::create_dir_all(&data).with_context(|| format!("creating `{}`", data.display()))?;
+    let tokens = Arc::new(TokenAuthority::load_or_create(&data.join("keys"))?);
+    let (registry, _, _) = load_registry(&data, args.tenants.as_deref())?;
+    let keys = Arc::new(KeyRing::new(keys_dir(&data)));
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let metrics = Metrics::new()?;
+    if let MetricsListen(Some(addr)) = args.metrics_listen {
+        let bound = metrics::serve(addr, metrics.clone(), shutdown.clone()).await?;
+        eprintln!("logferry: metrics on http://{bound}/metrics (also /healthz, /readyz)");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let plans = plan_destinations(&args, &registry)?;
+    let mut threads = Vec::new();
+    for plan in plans {
+        let name = plan.name.clone();
+        let open: Arc<crate::kafka::OpenPartition> = {
+            let (args, tokens, keys, metrics) =
+                (args.clone(), tokens.clone(), keys.clone(), metrics.clone());
+            Arc::new(move |partition| plan.open(&args, &tokens, &keys, &metrics, Some(partition)))
+        };
+        let (kafka, stop) = (kafka.clone(), stop.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("route-{name}"))
+                .spawn(move || {
+                    if let Err(e) = crate::kafka::route_destination(&kafka, &name, open, stop) {
+                        tracing::error!(destination = %name, "the destination stopped: {e:#}");
+                    }
+                })
+                .context("starting a destination thread")?,
+        );
+    }
+    let signals = shutdown_signal()?;
+    metrics.set_ready(true);
+    eprintln!(
+        "logferry: routing topic `{}` from {} to {} destination(s)",
+        kafka.kafka_topic,
+        kafka.kafka_brokers,
+        threads.len()
+    );
+    signals.await;
+    info!("shutting down: finishing each destination's current step");
+    metrics.set_ready(false);
+    stop.store(true, Ordering::Release);
+    let _ = shutdown_tx.send(true);
+    tokio::task::spawn_blocking(move || {
+        for thread in threads {
+            let _ = thread.join();
+        }
+    })
+    .await?;
+    info!("stopped");
     Ok(())
 }

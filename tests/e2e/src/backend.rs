@@ -111,8 +111,14 @@ impl Backend {
     /// Starts `logferry serve --data-dir DIR --listen 127.0.0.1:PORT EXTRA...` and waits
     /// until it listens.
     pub fn start(data_dir: &Path, port: u16, extra: &[&str]) -> Backend {
+        Self::start_role("serve", data_dir, port, extra)
+    }
+
+    /// Like [`Backend::start`] for `logferry ROLE` (`serve`, `ingest` or `route`; a
+    /// router is ready once it says it routes, and has no gRPC address).
+    pub fn start_role(role: &str, data_dir: &Path, port: u16, extra: &[&str]) -> Backend {
         let mut child = Command::new(backend_bin())
-            .arg("serve")
+            .arg(role)
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--listen")
@@ -125,7 +131,7 @@ impl Backend {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawn logferry serve");
+            .unwrap_or_else(|e| panic!("spawn logferry {role}: {e}"));
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let out = child.stdout.take().expect("stdout piped");
@@ -152,6 +158,9 @@ impl Backend {
                     let addr = rest.split_whitespace().next().unwrap_or_default();
                     let _ = ready_tx.send(addr.parse::<SocketAddr>().ok());
                 }
+                if line.starts_with("logferry: routing topic") {
+                    let _ = ready_tx.send(Some(SocketAddr::from(([0, 0, 0, 0], 0))));
+                }
                 lines.lock().unwrap().push(line);
             }
         });
@@ -161,7 +170,7 @@ impl Backend {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "logferry serve did not start; its stderr:\n{}",
+                    "logferry {role} did not start; its stderr:\n{}",
                     stderr.lock().unwrap().join("\n")
                 );
             }

@@ -26,7 +26,8 @@ pub struct AgentMark {
 
 #[derive(Debug)]
 pub struct Marks {
-    path: PathBuf,
+    /// `None`: kept in memory only (the stateless ingest tier).
+    path: Option<PathBuf>,
     agents: Mutex<HashMap<AgentKey, Arc<AgentMark>>>,
 }
 
@@ -73,9 +74,17 @@ impl Marks {
             })
             .collect();
         Ok(Self {
-            path: path.to_path_buf(),
+            path: Some(path.to_path_buf()),
             agents: Mutex::new(agents),
         })
+    }
+
+    /// Marks kept in memory only.
+    pub fn in_memory() -> Self {
+        Self {
+            path: None,
+            agents: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn agent(&self, key: AgentKey) -> Arc<AgentMark> {
@@ -99,6 +108,9 @@ impl Marks {
 
     /// Writes every mark durably. Call before the buffer releases segments.
     pub fn persist(&self) -> Result<()> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
         let snapshot: BTreeMap<String, u64> = {
             let agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
             agents
@@ -107,7 +119,6 @@ impl Marks {
                 .collect()
         };
         let json = serde_json::to_vec_pretty(&snapshot)?;
-        write_atomic(&self.path, &json)
-            .with_context(|| format!("writing `{}`", self.path.display()))
+        write_atomic(path, &json).with_context(|| format!("writing `{}`", path.display()))
     }
 }

@@ -32,13 +32,23 @@ pub const MAX_RAW_BATCH_BYTES: u64 = 256 << 20;
 #[derive(Debug, Clone)]
 pub struct IngestService {
     pub auth: Authenticator,
-    pub log: Arc<EmbeddedLog>,
+    pub storage: Storage,
     pub marks: Arc<Marks>,
     pub metrics: Metrics,
     pub limiter: Arc<Limiter>,
     pub activity: Arc<Activity>,
     /// Set when the backend shuts down: open streams end with UNAVAILABLE.
     pub shutdown: watch::Receiver<bool>,
+}
+
+/// Where stored batches go.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    /// The embedded log (`logferry serve`); marks are durable.
+    Embedded(Arc<EmbeddedLog>),
+    /// Kafka (`logferry ingest`): stateless, marks live in this process only and the
+    /// router deduplicates authoritatively.
+    Kafka(Arc<crate::kafka::KafkaProducer>),
 }
 
 /// When a session's token expires, as an instant (with the verification leeway).
@@ -197,15 +207,20 @@ impl IngestService {
             raw_bytes: batch.raw_bytes,
             received_unix_ms: now_ms(),
         };
-        let log = self.log.clone();
         let payload = batch.payload;
-        tokio::task::spawn_blocking(move || log.append(&meta, &payload))
-            .await
-            .map_err(|e| Status::internal(format!("buffer append task failed: {e}")))?
-            .map_err(|e| {
-                warn!("cannot store a batch: {e}");
-                buffer_status(&e)
-            })?;
+        match &self.storage {
+            Storage::Embedded(log) => {
+                let log = log.clone();
+                tokio::task::spawn_blocking(move || log.append(&meta, &payload))
+                    .await
+                    .map_err(|e| Status::internal(format!("buffer append task failed: {e}")))?
+                    .map_err(|e| {
+                        warn!("cannot store a batch: {e}");
+                        buffer_status(&e)
+                    })?;
+            }
+            Storage::Kafka(producer) => producer.append(&meta, &payload).await?,
+        }
         mark.stored.store(batch.last_seq, Ordering::Release);
         self.activity
             .record(&(principal.tenant.clone(), agent_id), batch.raw_bytes);
@@ -265,6 +280,12 @@ impl IngestService {
         })?;
         let agent = hex::encode(agent_id);
         let mark = self.marks.agent((principal.tenant.clone(), agent_id));
+        if matches!(self.storage, Storage::Kafka(_)) {
+            // A stateless ingester cannot know what Kafka holds: it trusts the agent's
+            // own acked cursor, and the router drops any batch stored twice.
+            mark.stored
+                .fetch_max(hello.acked_seq, Ordering::AcqRel);
+        }
         let stored_seq = mark.stored.load(Ordering::Acquire);
         info!(
             tenant = %principal.tenant,

@@ -88,6 +88,8 @@ pub struct Destination {
     keys: Arc<KeyRing>,
     route: Route,
     format: Format,
+    /// Whether it has a checkpoint: one existed when it was opened, or it stored one.
+    resumed: bool,
 }
 
 impl std::fmt::Debug for Destination {
@@ -118,6 +120,7 @@ impl Destination {
         let checkpoint_path = data_dir
             .join("router")
             .join(format!("{name}.checkpoint.json"));
+        let resumed = checkpoint_path.exists();
         let checkpoint = Checkpoint::load(&checkpoint_path)?;
         let dead = FileSet::new(data_dir.join("dead-letter").join(name), ".jsonl");
         let mut destination = Self {
@@ -131,6 +134,7 @@ impl Destination {
             keys,
             route: Route::default(),
             format: Format::Json,
+            resumed,
         };
         destination
             .recover()
@@ -163,12 +167,17 @@ impl Destination {
         self.checkpoint.next_offset
     }
 
+    /// Whether it has a checkpoint (rather than starting fresh).
+    pub fn resumed(&self) -> bool {
+        self.resumed
+    }
+
     fn recover(&mut self) -> Result<()> {
         self.sink.recover(&self.checkpoint.sink)?;
         self.dead.recover(&self.checkpoint.dead_letter)
     }
 
-    /// Delivers the next records; returns how many buffer records it consumed.
+    /// Delivers the next records of the embedded buffer; returns how many it consumed.
     pub fn step(&mut self, log: &EmbeddedLog) -> Result<usize> {
         let records = match log.read(self.checkpoint.next_offset, STEP_BYTES) {
             Ok(records) => records,
@@ -186,14 +195,20 @@ impl Destination {
         let Some(last) = records.last().map(|r| r.offset) else {
             return Ok(0);
         };
+        self.deliver(&records, last + 1)
+    }
+
+    /// Delivers `records` and checkpoints `next_offset` as where to resume (the
+    /// position after them in the buffer, or in a Kafka partition), all or nothing.
+    pub fn deliver(&mut self, records: &[Record], next_offset: u64) -> Result<usize> {
         let mut marks = self.checkpoint.marks.clone();
         let result = (|| -> Result<Checkpoint> {
-            for record in &records {
-                self.deliver(record, &mut marks)?;
+            for record in records {
+                self.deliver_one(record, &mut marks)?;
             }
             Ok(Checkpoint {
                 version: Checkpoint::VERSION,
-                next_offset: last + 1,
+                next_offset,
                 marks,
                 sink: self.sink.commit().context("committing the sink")?,
                 dead_letter: self.dead.commit().context("committing dead letters")?,
@@ -202,6 +217,7 @@ impl Destination {
         match result.and_then(|c| c.store(&self.checkpoint_path).map(|()| c)) {
             Ok(checkpoint) => {
                 self.checkpoint = checkpoint;
+                self.resumed = true;
                 Ok(records.len())
             }
             Err(e) => {
@@ -255,7 +271,7 @@ impl Destination {
         Ok(opened)
     }
 
-    fn deliver(&mut self, record: &Record, marks: &mut BTreeMap<String, u64>) -> Result<()> {
+    fn deliver_one(&mut self, record: &Record, marks: &mut BTreeMap<String, u64>) -> Result<()> {
         let meta = &record.meta;
         let agent = hex::encode(meta.agent_id);
         let mark_key = format!("{}/{agent}", meta.tenant);

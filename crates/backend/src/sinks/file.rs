@@ -22,8 +22,9 @@ use crate::chain::{ChainLine, ChainState, CheckpointClaims, chain_path};
 const RESUME_TAIL: u64 = 64 << 10;
 
 pub struct FileSink {
-    /// File name suffix: `.jsonl`, or `.msgpack` for raw events.
-    suffix: &'static str,
+    /// File name suffix: `.jsonl`, `.msgpack` for raw events, `.p<N>.jsonl` for a
+    /// Kafka partition's files.
+    suffix: String,
     files: FileSet,
     chains: FileSet,
     states: HashMap<PathBuf, ChainState>,
@@ -52,12 +53,14 @@ impl FileSink {
         root: PathBuf,
         signer: Option<Arc<TokenAuthority>>,
         sign_every: Duration,
-        suffix: &'static str,
+        suffix: impl Into<String>,
     ) -> Self {
+        let suffix = suffix.into();
         Self {
+            files: FileSet::new(root.clone(), suffix.clone()),
+            // Only this sink's chains: another sink may share the root (partitions).
+            chains: FileSet::new(root, format!("{suffix}.chain")),
             suffix,
-            files: FileSet::new(root.clone(), suffix),
-            chains: FileSet::new(root, ".chain"),
             states: HashMap::new(),
             signer,
             sign_every,

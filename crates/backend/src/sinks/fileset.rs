@@ -25,7 +25,7 @@ struct Tracked {
 pub struct FileSet {
     root: PathBuf,
     /// File name suffix recovery considers ours.
-    suffix: &'static str,
+    suffix: String,
     files: HashMap<PathBuf, Tracked>,
     committed: BTreeMap<String, u64>,
     new_dirs: HashSet<PathBuf>,
@@ -53,10 +53,10 @@ fn walk(dir: &Path, suffix: &str, out: &mut Vec<PathBuf>) -> std::io::Result<()>
 }
 
 impl FileSet {
-    pub fn new(root: PathBuf, suffix: &'static str) -> Self {
+    pub fn new(root: PathBuf, suffix: impl Into<String>) -> Self {
         Self {
             root,
-            suffix,
+            suffix: suffix.into(),
             files: HashMap::new(),
             committed: BTreeMap::new(),
             new_dirs: HashSet::new(),
@@ -76,7 +76,7 @@ impl FileSet {
             serde_json::from_value(state.clone()).context("file lengths in the checkpoint")?
         };
         let mut found = Vec::new();
-        walk(&self.root, self.suffix, &mut found)
+        walk(&self.root, &self.suffix, &mut found)
             .with_context(|| format!("listing `{}`", self.root.display()))?;
         for path in found {
             let relative = path

@@ -41,6 +41,75 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s-backend" (include "logferry.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{- define "logferry.ingest.fullname" -}}
+{{- printf "%s-ingest" (include "logferry.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "logferry.route.fullname" -}}
+{{- printf "%s-route" (include "logferry.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "logferry.kafkaInit.fullname" -}}
+{{- printf "%s-kafka-init" (include "logferry.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* "true" in kafka mode (ingest + route against Kafka), empty in embedded mode. */}}
+{{- define "logferry.kafkaMode" -}}
+{{- if eq (.Values.mode | default "embedded") "kafka" -}}true{{- end -}}
+{{- end -}}
+
+{{/* The Service the agents send to: the backend's (embedded) or ingest's (kafka). */}}
+{{- define "logferry.backend.serviceName" -}}
+{{- if include "logferry.kafkaMode" . -}}
+{{- include "logferry.ingest.fullname" . -}}
+{{- else -}}
+{{- include "logferry.backend.fullname" . -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+Label carried by every pod that serves the backend's /metrics (the StatefulSet's in
+embedded mode; ingest and route in kafka mode): the metrics Service selects on it.
+*/}}
+{{- define "logferry.backend.metricsPodLabels" -}}
+app.kubernetes.io/name: {{ include "logferry.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/part-of: logferry-backend
+{{- end -}}
+
+{{/*
+Kafka mode's requirements; renders nothing, fails with the reason otherwise. Included
+by every kafka-mode template.
+*/}}
+{{- define "logferry.kafka.validate" -}}
+{{- if not (trim (toString .Values.kafka.brokers)) -}}
+{{- fail "mode=kafka needs kafka.brokers: the Kafka bootstrap brokers, host:port[,host:port...] (e.g. --set kafka.brokers=kafka-0.kafka:9092)" -}}
+{{- end -}}
+{{- if not (include "logferry.backend.keysSecret" .) -}}
+{{- fail "mode=kafka needs backend.keys.existingSecret (or the inline backend.keys.signingKey/signingPublicKey): every ingest replica verifies tokens and every router signs checkpoints with the same signing key, and routers read the tenants' decryption keys from it; no pod can generate them on a volume the others see" -}}
+{{- end -}}
+{{- if not .Values.backend.tls.secretName -}}
+{{- fail "mode=kafka needs backend.tls.secretName: a kubernetes.io/tls Secret for the ingest Service's name; without one every ingest replica would create a development CA of its own, which the agents cannot trust" -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The Kafka flags shared by ingest, route and kafka init, as YAML list items (include
+with nindent at the args' indentation).
+*/}}
+{{- define "logferry.kafka.args" -}}
+- --kafka-brokers
+- {{ .Values.kafka.brokers | toString | quote }}
+- --kafka-topic
+- {{ .Values.kafka.topic | toString | quote }}
+{{- range $name, $value := .Values.kafka.properties }}
+{{- /* Numbers from a values file arrive as float64, which %v would print as 1e+06. */}}
+{{- if kindIs "float64" $value }}{{ $value = int64 $value }}{{ end }}
+- --kafka-property
+- {{ printf "%s=%v" $name $value | quote }}
+{{- end }}
+{{- end -}}
+
 {{- define "logferry.agent.fullname" -}}
 {{- printf "%s-agent" (include "logferry.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
@@ -53,12 +122,12 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s:%s" .Values.agent.image.repository (default .Chart.AppVersion .Values.agent.image.tag) -}}
 {{- end -}}
 
-{{/* Backend address the agents use. */}}
+{{/* Backend address the agents use: the backend Service, or the ingest Service in kafka mode. */}}
 {{- define "logferry.agent.endpoint" -}}
 {{- if .Values.agent.endpoint -}}
 {{- .Values.agent.endpoint -}}
 {{- else -}}
-{{- printf "https://%s.%s.svc:%v" (include "logferry.backend.fullname" .) .Release.Namespace .Values.backend.port -}}
+{{- printf "https://%s.%s.svc:%v" (include "logferry.backend.serviceName" .) .Release.Namespace .Values.backend.port -}}
 {{- end -}}
 {{- end -}}
 
@@ -146,4 +215,109 @@ Fails on contradictory values.
 {{/* Secret key of a tenant's decryption key: include with one backend.keys.tenantKeys entry. */}}
 {{- define "logferry.backend.tenantKeySecretKey" -}}
 {{- default (printf "tenant.%s.%d.key" .tenant (int64 .id)) .secretKey -}}
+{{- end -}}
+
+{{/*
+The backend's configuration mounts, shared by the StatefulSet (embedded) and the
+ingest and route Deployments (kafka): the keys Secret over /data/keys, the tenants
+ConfigMap as a directory, and the TLS Secret. Include with
+(dict "ctx" $ "tls" true|false) and `trim | nindent` at the volumeMounts' indentation.
+*/}}
+{{- define "logferry.backend.configMounts" -}}
+{{- if include "logferry.backend.keysSecret" .ctx }}
+# The keys Secret over the data directory's keys/, read-only: signing.pem
+# is there before the first start, so the backend generates no key of its
+# own. A directory mount (no subPath), so a key replaced in the Secret
+# reaches the pod; `logferry keys generate` cannot write here, run it
+# elsewhere.
+- name: keys
+  mountPath: /data/keys
+  readOnly: true
+{{- end }}
+# A directory mount, never subPath: the kubelet swaps the ConfigMap's files
+# in place and the backend, watching the directory, reloads the registry.
+- name: tenants
+  mountPath: /etc/logferry/tenants
+  readOnly: true
+{{- if and .tls .ctx.Values.backend.tls.secretName }}
+- name: tls
+  mountPath: /etc/logferry/tls
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/* The volumes of logferry.backend.configMounts; include with the same dict. */}}
+{{- define "logferry.backend.configVolumes" -}}
+{{- $keysSecret := include "logferry.backend.keysSecret" .ctx }}
+- name: tenants
+  configMap:
+    name: {{ include "logferry.backend.tenantsConfigMap" .ctx }}
+    items:
+      - key: {{ include "logferry.backend.tenantsKey" .ctx }}
+        path: tenants.yaml
+{{- if $keysSecret }}
+- name: keys
+  secret:
+    secretName: {{ $keysSecret }}
+    # Owner-only (root). With the pod's fsGroup the kubelet makes the files
+    # group-readable (0440, group fsGroup), which is how the non-root backend
+    # reads them: keep backend.podSecurityContext.fsGroup.
+    defaultMode: 0400
+    items:
+      - key: signing.pem
+        path: signing.pem
+      - key: signing.pub.pem
+        path: signing.pub.pem
+      {{- range .ctx.Values.backend.keys.tenantKeys }}
+      - key: {{ include "logferry.backend.tenantKeySecretKey" . }}
+        path: tenants/{{ .tenant }}/{{ int64 .id }}.key
+      {{- end }}
+{{- end }}
+{{- if and .tls .ctx.Values.backend.tls.secretName }}
+- name: tls
+  secret:
+    secretName: {{ .ctx.Values.backend.tls.secretName }}
+    defaultMode: 0400
+{{- end }}
+{{- end -}}
+
+{{/* Pod-level settings shared by every backend pod (StatefulSet, ingest, route, kafka init). */}}
+{{- define "logferry.backend.podPlacement" -}}
+{{- with .Values.backend.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.backend.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.backend.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
+{{/*
+/readyz answers 503 until the process is ready (embedded: the buffer recovered and the
+gRPC listener up; ingest: the listener up; route: its consumers started) and again
+once shutdown begins; /healthz while the process runs. Both on port `metrics`.
+*/}}
+{{- define "logferry.backend.probes" -}}
+startupProbe:
+  httpGet:
+    path: /readyz
+    port: metrics
+  periodSeconds: 5
+  failureThreshold: 60
+readinessProbe:
+  httpGet:
+    path: /readyz
+    port: metrics
+  periodSeconds: 10
+livenessProbe:
+  httpGet:
+    path: /healthz
+    port: metrics
+  periodSeconds: 20
+  failureThreshold: 3
 {{- end -}}

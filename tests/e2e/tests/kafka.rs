@@ -1,0 +1,245 @@
+//! Kafka mode against a real Kafka-protocol broker (tansu, SQLite storage): stateless
+//! `logferry ingest` tiers, Kafka, `logferry route` routers sharing one data
+//! directory. Every record lands exactly once, in per-agent order, across kill -9
+//! of an ingester and of a router and a broker restart.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use logferry_e2e::backend::{Backend, backend_bin, count_jsonl_lines, free_port, read_jsonl_tree};
+use logferry_e2e::kafka::Broker;
+
+const TOPIC: &str = "logferry";
+/// A router's Kafka settings: quick heartbeats and session expiry.
+fn router_flags(_id: usize) -> Vec<&'static str> {
+    vec![
+        "--kafka-property",
+        "session.timeout.ms=6000",
+        "--kafka-property",
+        "heartbeat.interval.ms=500",
+    ]
+}
+
+fn kafka_flags(broker: &Broker) -> Vec<String> {
+    vec![
+        "--kafka-brokers".into(),
+        broker.brokers(),
+        "--kafka-topic".into(),
+        TOPIC.into(),
+    ]
+}
+
+fn init_topic(broker: &Broker, partitions: u32) {
+    let out = Command::new(backend_bin())
+        .args(["kafka", "init", "--partitions", &partitions.to_string()])
+        .args(kafka_flags(broker))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kafka init: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn start(role: &str, data: &Path, port: u16, broker: &Broker, extra: &[&str]) -> Backend {
+    let mut args: Vec<String> = kafka_flags(broker);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Backend::start_role(role, data, port, &args)
+}
+
+/// `logferry send` of `lines` lines `agent-{agent} line {n}` to `endpoint`, in the
+/// background, 1,000 lines per `pace`; chunks of 16K so batches are many and small.
+fn send(ingest: &Backend, endpoint: &str, agent: usize, lines: usize, pace: Duration) -> Child {
+    let mut env = ingest.credentials_env();
+    env.retain(|(k, _)| k != "LOGFERRY_ENDPOINT");
+    env.push(("LOGFERRY_ENDPOINT".into(), endpoint.into()));
+    let mut child = Command::new(backend_bin())
+        .args(["send", "-", "--tag", &format!("agent.{agent}")])
+        .args(["--chunk-bytes", "16K", "--timeout", "5m"])
+        .envs(env)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::spawn(move || {
+        for block in 0..lines.div_ceil(1000) {
+            let mut text = String::new();
+            for n in block * 1000..((block + 1) * 1000).min(lines) {
+                text.push_str(&format!("agent-{agent} line {n:07}\n"));
+            }
+            stdin.write_all(text.as_bytes()).unwrap();
+            std::thread::sleep(pace);
+        }
+    });
+    child
+}
+
+fn wait_lines(dir: &Path, at_least: usize, timeout: Duration) -> usize {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let n = count_jsonl_lines(dir);
+        if n >= at_least || Instant::now() > deadline {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn kafka_mode_delivers_every_record_once_across_ingester_router_and_broker_faults() {
+    const AGENTS: usize = 3;
+    const LINES: usize = 70_000; // 210,000 records
+    let broker_dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start(broker_dir.path(), free_port());
+    init_topic(&broker, 3);
+
+    let data = tempfile::tempdir().unwrap();
+    let (port_a, port_b) = (free_port(), free_port());
+    let ingest_a = start("ingest", data.path(), port_a, &broker, &[]);
+    let mut ingest_b = start("ingest", data.path(), port_b, &broker, &[]);
+    let router_1 = start("route", data.path(), 0, &broker, &router_flags(1));
+    let router_2 = start("route", data.path(), 0, &broker, &router_flags(2));
+
+    let endpoint = |port: u16| format!("https://127.0.0.1:{port}");
+    let mut senders: Vec<Child> = (0..AGENTS)
+        .map(|agent| {
+            let port = if agent == 2 { port_b } else { port_a };
+            // About 35 s of traffic, so every fault lands mid-stream.
+            send(&ingest_a, &endpoint(port), agent, LINES, Duration::from_millis(500))
+        })
+        .collect();
+    let files = data.path().join("files");
+    let total = AGENTS * LINES;
+
+    // Faults, each once a part of the records has landed.
+    assert!(wait_lines(&files, total / 6, Duration::from_secs(120)) >= total / 6);
+    router_1.kill();
+    eprintln!("router 1 killed at {} lines", count_jsonl_lines(&files));
+    // It comes back once its session has expired (6 s): tansu 0.6 drops a dead member
+    // when a member joins, not on the heartbeats of the others, so the restart is what
+    // hands its partitions out again. Whoever gets them resumes each from its
+    // checkpoint in the shared data directory, truncating what the dead router wrote
+    // after the last one.
+    std::thread::sleep(Duration::from_secs(8));
+    let router_1 = start("route", data.path(), 0, &broker, &router_flags(1));
+    eprintln!("router 1 restarted at {} lines", count_jsonl_lines(&files));
+    assert!(wait_lines(&files, total / 2, Duration::from_secs(120)) >= total / 2);
+    ingest_b.kill();
+    eprintln!("ingester B killed at {} lines", count_jsonl_lines(&files));
+    std::thread::sleep(Duration::from_secs(1));
+    ingest_b = start("ingest", data.path(), port_b, &broker, &[]);
+    assert!(wait_lines(&files, total * 2 / 3, Duration::from_secs(120)) >= total * 2 / 3);
+    broker.restart();
+    eprintln!("broker restarted at {} lines", count_jsonl_lines(&files));
+
+    for sender in &mut senders {
+        let status = sender.wait().unwrap();
+        let mut stderr = String::new();
+        use std::io::Read;
+        let _ = sender.stderr.take().unwrap().read_to_string(&mut stderr);
+        assert!(status.success(), "a sender failed: {stderr}");
+    }
+    let landed = wait_lines(&files, total, Duration::from_secs(180));
+    std::thread::sleep(Duration::from_secs(2));
+    let landed = landed.max(count_jsonl_lines(&files));
+    if landed != total {
+        let tail = |lines: Vec<String>| lines[lines.len().saturating_sub(40)..].join("\n");
+        eprintln!("router 2:\n{}", tail(router_2.stderr()));
+        eprintln!("ingest A:\n{}", tail(ingest_a.stderr()));
+    }
+    assert_eq!(landed, total, "records in the file sink (losses or duplicates)");
+
+    // Exactly once, and each agent's records in order within its partition's file.
+    let mut by_agent: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for record in read_jsonl_tree(&files) {
+        let line = record["record"]["log"].as_str().unwrap().to_string();
+        let agent = line.split(' ').next().unwrap().to_string();
+        by_agent.entry(agent).or_default().push(line);
+    }
+    assert_eq!(by_agent.len(), AGENTS);
+    for (agent, lines) in &by_agent {
+        let want: Vec<String> = (0..LINES).map(|n| format!("{agent} line {n:07}")).collect();
+        assert_eq!(lines.len(), LINES, "{agent}");
+        assert!(lines == &want, "{agent}: records out of order or not exactly once");
+    }
+    drop((ingest_a, ingest_b, router_1, router_2, broker));
+}
+
+#[test]
+fn a_missing_topic_and_a_broker_down_at_start_are_clear_and_nothing_is_lost() {
+    let broker_dir = tempfile::tempdir().unwrap();
+    let broker_port = free_port();
+    let data = tempfile::tempdir().unwrap();
+
+    // Broker down at start: ingest serves anyway, refuses batches with UNAVAILABLE,
+    // and the agent keeps them spooled.
+    let fake = Broker::unstarted(broker_dir.path(), broker_port);
+    let port = free_port();
+    let ingest = start("ingest", data.path(), port, &fake, &[]);
+    assert!(
+        ingest.stderr().iter().any(|l| l.contains("cannot reach Kafka at")),
+        "{:#?}",
+        ingest.stderr()
+    );
+    let mut sender = send(
+        &ingest,
+        &format!("https://127.0.0.1:{port}"),
+        0,
+        5_000,
+        Duration::ZERO,
+    );
+    // librdkafka holds a batch up to message.timeout.ms (10 s) before the refusal.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !ingest
+        .stderr()
+        .iter()
+        .any(|l| l.contains("cannot store a batch: Kafka did not take the batch"))
+    {
+        assert!(Instant::now() < deadline, "no refusal logged: {:#?}", ingest.stderr());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(sender.try_wait().unwrap().is_none(), "nothing can be acked yet");
+
+    // The broker comes up, without the topic: a new ingester says what to run.
+    let broker = Broker::start(broker_dir.path(), broker_port);
+    let out = Command::new(backend_bin())
+        .arg("ingest")
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off"])
+        .args(kafka_flags(&broker))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("Kafka topic `logferry` does not exist")
+            && stderr.contains("logferry kafka init --kafka-brokers"),
+        "{stderr}"
+    );
+
+    // Once the topic exists and a router runs, the spooled lines arrive, once.
+    init_topic(&broker, 2);
+    let _router = start("route", data.path(), 0, &broker, &router_flags(1));
+    let status = sender.wait().unwrap();
+    assert!(status.success(), "the sender gave up");
+    let files = data.path().join("files");
+    assert_eq!(wait_lines(&files, 5_000, Duration::from_secs(60)), 5_000);
+    std::thread::sleep(Duration::from_secs(1));
+    let mut lines: Vec<String> = read_jsonl_tree(&files)
+        .iter()
+        .map(|r| r["record"]["log"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(lines.len(), 5_000, "exactly once");
+    lines.sort();
+    lines.dedup();
+    assert_eq!(lines.len(), 5_000);
+
+}
