@@ -30,12 +30,12 @@ use anyhow::{Context, Result, bail};
 use logferry_buffer::{Record, RecordMeta};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::client::ClientContext;
 use tonic::Status;
 use tracing::{error, info, warn};
 
@@ -88,7 +88,12 @@ pub async fn init(args: &KafkaArgs, partitions: i32, replication: i32) -> Result
     let results = admin
         .create_topics([&topic], &options)
         .await
-        .with_context(|| format!("creating topic `{}` on {}", args.kafka_topic, args.kafka_brokers))?;
+        .with_context(|| {
+            format!(
+                "creating topic `{}` on {}",
+                args.kafka_topic, args.kafka_brokers
+            )
+        })?;
     for result in results {
         match result {
             Ok(name) => eprintln!("created topic `{name}` with {partitions} partition(s)"),
@@ -109,7 +114,10 @@ fn check_topic(args: &KafkaArgs, producer: &FutureProducer) -> Result<()> {
         .fetch_metadata(Some(&args.kafka_topic), Duration::from_secs(10))
     {
         Ok(metadata) => {
-            let topic = metadata.topics().iter().find(|t| t.name() == args.kafka_topic);
+            let topic = metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == args.kafka_topic);
             match topic {
                 Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
                     info!(
@@ -291,9 +299,7 @@ impl KafkaProducer {
                 "the batch is larger than Kafka accepts (raise message.max.bytes on the \
                  topic, or lower batch.max_bytes on agents)",
             ),
-            Some(
-                RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic,
-            ) => (
+            Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => (
                 Status::unavailable as fn(String) -> Status,
                 "the topic does not exist (create it with `logferry kafka init`)",
             ),
@@ -468,7 +474,10 @@ pub fn route_destination(
                 .collect();
             if let Err(e) = destination.deliver(&records, last + 1) {
                 // The step was undone; read the partition again from the checkpoint.
-                error!(destination = name, partition, "delivery failed, retrying: {e:#}");
+                error!(
+                    destination = name,
+                    partition, "delivery failed, retrying: {e:#}"
+                );
                 let _ = consumer.seek(
                     &args.kafka_topic,
                     partition,
@@ -488,7 +497,10 @@ pub fn route_destination(
         if commit.count() > 0
             && let Err(e) = consumer.commit(&commit, CommitMode::Async)
         {
-            warn!(destination = name, "committing offsets (monitoring only): {e}");
+            warn!(
+                destination = name,
+                "committing offsets (monitoring only): {e}"
+            );
         }
     }
     Ok(())

@@ -320,16 +320,19 @@ fn run(cli: Cli) -> Result<()> {
             print!("{}", config_reference());
             Ok(())
         }
-        Command::Ingest(args) => runtime()?.block_on(serve::run_role(
-            args.serve,
-            serve::Role::Ingest(args.kafka),
-        )),
+        Command::Ingest(args) => {
+            runtime()?.block_on(serve::run_role(args.serve, serve::Role::Ingest(args.kafka)))
+        }
         Command::Route(args) => runtime()?.block_on(serve::run_route(args.serve, args.kafka)),
         Command::Kafka(KafkaCommand::Init {
             kafka,
             partitions,
             replication,
-        }) => runtime()?.block_on(logferry_backend::kafka::init(&kafka, partitions, replication)),
+        }) => runtime()?.block_on(logferry_backend::kafka::init(
+            &kafka,
+            partitions,
+            replication,
+        )),
         Command::Verify {
             data_dir,
             public_key,

@@ -242,10 +242,9 @@ pub async fn run_role(args: ServeArgs, role: Role) -> Result<()> {
                 sync: args.buffer_sync,
                 ..LogConfig::new(data.join("buffer"))
             };
-            let (log, report) =
-                tokio::task::spawn_blocking(move || EmbeddedLog::open(log_config))
-                    .await?
-                    .context("opening the buffer")?;
+            let (log, report) = tokio::task::spawn_blocking(move || EmbeddedLog::open(log_config))
+                .await?
+                .context("opening the buffer")?;
             // Damage found on open was already logged as a warning, place by place.
             info!("buffer recovered: {report}");
             let log = Arc::new(log);
@@ -256,10 +255,9 @@ pub async fn run_role(args: ServeArgs, role: Role) -> Result<()> {
         }
         Role::Ingest(kafka) => {
             let kafka = kafka.clone();
-            let producer = tokio::task::spawn_blocking(move || {
-                crate::kafka::KafkaProducer::new(&kafka)
-            })
-            .await??;
+            let producer =
+                tokio::task::spawn_blocking(move || crate::kafka::KafkaProducer::new(&kafka))
+                    .await??;
             (
                 Storage::Kafka(Arc::new(producer)),
                 Arc::new(Marks::in_memory()),

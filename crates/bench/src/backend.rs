@@ -61,11 +61,25 @@ impl Backend {
     /// Runs `BIN serve --data-dir DATA_DIR --listen 127.0.0.1:0` and waits for its
     /// "listening" line.
     pub fn start(bin: &Path, data_dir: &Path) -> Result<Self> {
-        let mut child = Command::new(bin)
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off"])
+        Self::start_role(bin, data_dir, "serve", &[])
+    }
+
+    /// Runs `BIN ROLE --data-dir DATA_DIR ... EXTRA` (`serve`, `ingest` or `route`) and
+    /// waits until it listens (or, for `route`, routes).
+    pub fn start_role(bin: &Path, data_dir: &Path, role: &str, extra: &[String]) -> Result<Self> {
+        let mut command = Command::new(bin);
+        command.arg(role).arg("--data-dir").arg(data_dir);
+        if role != "route" {
+            command.args(["--listen", "127.0.0.1:0"]);
+        }
+        let ready_line = if role == "route" {
+            "logferry: routing topic"
+        } else {
+            "logferry: listening on"
+        };
+        let mut child = command
+            .args(["--metrics-listen", "off"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -79,7 +93,7 @@ impl Backend {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if line.contains("logferry: listening on") {
+                if line.contains(ready_line) {
                     let _ = ready_tx.send(());
                 }
                 let mut lines = lines.lock().unwrap_or_else(PoisonError::into_inner);
@@ -118,7 +132,9 @@ impl Backend {
                 );
             }
         }
-        backend.credentials = Credentials::read(&data_dir.join("dev-credentials.env"))?;
+        if role != "route" {
+            backend.credentials = Credentials::read(&data_dir.join("dev-credentials.env"))?;
+        }
         Ok(backend)
     }
 

@@ -14,7 +14,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use logferry_agent::{Agent, AgentConfig, AgentHooks, AgentStats, FlushOutcome};
 
 use crate::backend::Backend;
@@ -29,6 +29,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct EndToEnd {
     /// Whether the tenant sealed its batches (HPKE) or relied on TLS alone.
     pub sealed: bool,
+    /// `Some(partitions)`: Kafka mode (ingest -> broker -> route); backend CPU then
+    /// covers the three processes.
+    pub kafka: Option<u32>,
     pub chunk_len: usize,
     /// Batches in flight on the agent's stream.
     pub window: usize,
@@ -69,9 +72,16 @@ impl EndToEnd {
     }
 
     pub fn print(&self) {
+        let path = match self.kafka {
+            None => "`logferry serve` process (backend buffer fsync on)".to_string(),
+            Some(partitions) => format!(
+                "`logferry ingest` -> tansu (Kafka protocol, SQLite storage, {partitions} \
+                 partitions) -> `logferry route`; backend CPU is the three processes"
+            ),
+        };
         println!(
-            "2. Agent -> backend: logferry_agent::Agent -> `logferry serve` process \
-             (TLS, zstd, {}, buffer.sync on, backend buffer fsync on)",
+            "2. Agent -> backend: logferry_agent::Agent -> {path} (TLS, zstd, {}, \
+             buffer.sync on)",
             if self.sealed {
                 "HPKE-sealed batches"
             } else {
@@ -231,8 +241,16 @@ pub fn run(
         )?;
     }
     let backend = Backend::start(backend_bin, &data_dir)?;
-    let result = stream(&backend, &work_dir, chunk, total_bytes, router_wait, window)
-        .map(|run| EndToEnd { sealed, ..run });
+    let result = stream(
+        &backend,
+        &[],
+        &work_dir,
+        chunk,
+        total_bytes,
+        router_wait,
+        window,
+    )
+    .map(|run| EndToEnd { sealed, ..run });
     let stopped = backend.stop();
     let result = result?;
     stopped?;
@@ -241,6 +259,7 @@ pub fn run(
 
 fn stream(
     backend: &Backend,
+    extra_pids: &[u32],
     work_dir: &Path,
     chunk: &BenchChunk,
     total_bytes: u64,
@@ -285,7 +304,14 @@ fn stream(
 
     let pid = backend.pid();
     let agent_cpu_start = measure::self_cpu();
-    let backend_cpu_start = measure::process_cpu(pid)?;
+    let cpu = || -> Result<Duration> {
+        let mut total = measure::process_cpu(pid)?;
+        for &other in extra_pids {
+            total += measure::process_cpu(other)?;
+        }
+        Ok(total)
+    };
+    let backend_cpu_start = cpu()?;
     let agent_writes_start = measure::storage_writes(None);
     let backend_writes_start = measure::storage_writes(Some(pid));
     let started = Instant::now();
@@ -329,7 +355,7 @@ fn stream(
     }
     let acked = started.elapsed();
     let agent_cpu = measure::self_cpu().saturating_sub(agent_cpu_start);
-    let backend_cpu_acked = measure::process_cpu(pid)?.saturating_sub(backend_cpu_start);
+    let backend_cpu_acked = cpu()?.saturating_sub(backend_cpu_start);
     let agent_writes = measure::storage_writes(None)
         .zip(agent_writes_start)
         .map(|(end, start)| end.saturating_sub(start));
@@ -351,8 +377,7 @@ fn stream(
         loop {
             if lines.count() >= records {
                 routed = Some(started.elapsed());
-                backend_cpu_routed =
-                    Some(measure::process_cpu(pid)?.saturating_sub(backend_cpu_start));
+                backend_cpu_routed = Some(cpu()?.saturating_sub(backend_cpu_start));
                 break;
             }
             if waiting.elapsed() > router_wait {
@@ -363,6 +388,7 @@ fn stream(
     }
     Ok(EndToEnd {
         sealed: true,
+        kafka: None,
         chunk_len: chunk.len(),
         window,
         chunks,
@@ -451,6 +477,84 @@ fn count_from(path: &Path, offset: &mut u64) -> Result<u64> {
     }
     *offset = complete;
     Ok(lines)
+}
+
+/// Partitions of the Kafka benchmark's topic.
+const KAFKA_PARTITIONS: u32 = 3;
+
+/// The same load as [`run`], through Kafka: `logferry ingest` -> a tansu broker
+/// (SQLite storage, on this machine) -> `logferry route`, all on one data directory.
+pub fn run_kafka(
+    backend_bin: &Path,
+    tansu_bin: &Path,
+    work_dir: &Path,
+    chunk: &BenchChunk,
+    total_bytes: u64,
+    router_wait: Duration,
+    window: Option<usize>,
+) -> Result<EndToEnd> {
+    let work_dir = work_dir.join("kafka");
+    let broker_dir = work_dir.join("broker");
+    std::fs::create_dir_all(&broker_dir)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let mut broker = std::process::Command::new(tansu_bin)
+        .arg("broker")
+        .args(["--listener-url", &url, "--advertised-listener-url", &url])
+        .args(["--storage-engine", "sqlite://tansu.db"])
+        .current_dir(&broker_dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", tansu_bin.display()))?;
+    let result = (|| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("tansu did not listen on {port} within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let kafka = vec!["--kafka-brokers".to_string(), format!("127.0.0.1:{port}")];
+        let init = std::process::Command::new(backend_bin)
+            .args([
+                "kafka",
+                "init",
+                "--partitions",
+                &KAFKA_PARTITIONS.to_string(),
+            ])
+            .args(&kafka)
+            .output()?;
+        if !init.status.success() {
+            bail!("kafka init: {}", String::from_utf8_lossy(&init.stderr));
+        }
+        let data_dir = work_dir.join("backend");
+        let ingest = Backend::start_role(backend_bin, &data_dir, "ingest", &kafka)?;
+        let route = Backend::start_role(backend_bin, &data_dir, "route", &kafka)?;
+        let run = stream(
+            &ingest,
+            &[route.pid(), broker.id()],
+            &work_dir,
+            chunk,
+            total_bytes,
+            router_wait,
+            window,
+        );
+        let stopped = (ingest.stop(), route.stop());
+        let run = run?;
+        stopped.0?;
+        stopped.1?;
+        Ok(EndToEnd {
+            kafka: Some(KAFKA_PARTITIONS),
+            ..run
+        })
+    })();
+    let _ = broker.kill();
+    let _ = broker.wait();
+    result
 }
 
 #[cfg(test)]

@@ -5,7 +5,9 @@
 //! - [`flush`]: one `FLBPluginFlushCtx` through the real plugin vs copying the chunk;
 //! - [`end_to_end`] (`agent`): the agent streaming to a real `logferry serve`;
 //! - [`disk`]: fsync'd sequential writes of the same bytes, the disk limit;
-//! - [`transport`]: a TLS gRPC stream to a discarding server, the transport limit.
+//! - [`transport`]: a TLS gRPC stream to a discarding server, the transport limit;
+//! - `kafka`: the agent load through `logferry ingest` -> a tansu broker -> `logferry
+//!   route`, compared with the same load through `serve` (skipped without tansu).
 //!
 //! Build first, in one target dir, so the plugin and backend sit beside the bench:
 //! `cargo build --release -p logferry-bench -p logferry-backend -p plugin-out-grpc`,
@@ -67,6 +69,24 @@ struct Cli {
     /// tenant's setting), `off` (TLS only), or `both`, one run each, compared.
     #[arg(long, value_enum, default_value = "on")]
     encryption: Encryption,
+    /// The tansu broker for the kafka scenario. Default: `tansu` on PATH or in
+    /// ~/.cargo/bin; without one the scenario is skipped with a note.
+    #[arg(long, env = "TANSU_BIN")]
+    tansu_bin: Option<PathBuf>,
+}
+
+/// The tansu binary, if there is one.
+fn find_tansu(given: Option<&Path>) -> Option<PathBuf> {
+    if let Some(path) = given {
+        return Some(path.to_path_buf());
+    }
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join("tansu"))
+        .find(|p| p.is_file());
+    let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/tansu"));
+    on_path.or(home.filter(|p| p.is_file()))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -88,6 +108,8 @@ enum Scenario {
     Transport,
     /// The backend's buffer append path vs the disk limit for the bytes it stores.
     Buffer,
+    /// The agent load through Kafka (ingest -> tansu -> route) vs through `serve`.
+    Kafka,
 }
 
 fn main() -> std::process::ExitCode {
@@ -113,7 +135,7 @@ fn run(cli: Cli) -> Result<()> {
             )
         })
         .transpose()?;
-    let backend_bin = wanted(Scenario::Agent)
+    let backend_bin = (wanted(Scenario::Agent) || wanted(Scenario::Kafka))
         .then(|| beside_this_binary(cli.backend_bin.as_deref(), "logferry", "logferry-backend"))
         .transpose()?;
     let parent = cli.work_dir.clone().unwrap_or_else(std::env::temp_dir);
@@ -211,6 +233,33 @@ fn run(cli: Cli) -> Result<()> {
         }
     }
 
+    let mut kafka_run = None;
+    if wanted(Scenario::Kafka)
+        && let Some(backend_bin) = &backend_bin
+    {
+        match find_tansu(cli.tansu_bin.as_deref()) {
+            None => println!(
+                "4. Kafka mode: SKIPPED, no `tansu` found (cargo install tansu --locked \
+                 --features dynostore,libsql, or --tansu-bin)\n"
+            ),
+            Some(tansu) => {
+                eprintln!("logferry-bench: agent -> ingest -> Kafka -> route ...");
+                let run = end_to_end::run_kafka(
+                    backend_bin,
+                    &tansu,
+                    work.path(),
+                    &large,
+                    total_bytes,
+                    Duration::from_secs(cli.router_wait_secs),
+                    cli.window,
+                )?;
+                run.print();
+                println!();
+                kafka_run = Some(run);
+            }
+        }
+    }
+
     println!("Summary (ratios of figures from this run)");
     let mut table = Table::new(&["ratio", "value", "from"]).left_aligned();
     if let Some(flush) = &flush_results {
@@ -230,6 +279,42 @@ fn run(cli: Cli) -> Result<()> {
                     format!("mean per chunk (p50: {}); {note}", report::ratio(p50)),
                 ]);
             }
+        }
+    }
+    if let (Some(kafka), Some(embedded)) = (&kafka_run, &end_to_end) {
+        let per_gb = |run: &end_to_end::EndToEnd| {
+            run.backend_cpu_routed
+                .map(|cpu| cpu.as_secs_f64() / (run.raw_bytes as f64 / 1e9))
+        };
+        table.row(vec![
+            "Kafka mode / embedded: acked MB/s".to_string(),
+            report::ratio(kafka.ack_mb_per_s() / embedded.ack_mb_per_s()),
+            format!(
+                "{} vs {}",
+                report::rate(kafka.ack_mb_per_s()),
+                report::rate(embedded.ack_mb_per_s())
+            ),
+        ]);
+        if let (Some(a), Some(b)) = (kafka.routed, embedded.routed) {
+            let records = |run: &end_to_end::EndToEnd, t: Duration| {
+                run.records as f64 / t.as_secs_f64().max(1e-9)
+            };
+            table.row(vec![
+                "Kafka mode / embedded: records/s routed".to_string(),
+                report::ratio(records(kafka, a) / records(embedded, b)),
+                format!(
+                    "{:.0} vs {:.0} records/s",
+                    records(kafka, a),
+                    records(embedded, b)
+                ),
+            ]);
+        }
+        if let (Some(a), Some(b)) = (per_gb(kafka), per_gb(embedded)) {
+            table.row(vec![
+                "Kafka mode / embedded: backend CPU per GB".to_string(),
+                report::ratio(a / b),
+                format!("{a:.2} vs {b:.2} CPU-s/GB (ingest + broker + route vs serve)"),
+            ]);
         }
     }
     if let (Some(sealed), Some(plain)) = (&end_to_end, &tls_only) {

@@ -20,12 +20,10 @@ pub fn tansu_bin() -> PathBuf {
         .map(|dir| dir.join("tansu"))
         .find(|p| p.is_file());
     let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/tansu"));
-    on_path
-        .or(home.filter(|p| p.is_file()))
-        .expect(
-            "no `tansu` broker found: install it with `cargo install tansu --locked --features \
+    on_path.or(home.filter(|p| p.is_file())).expect(
+        "no `tansu` broker found: install it with `cargo install tansu --locked --features \
              dynostore,libsql` (as .ci/run does) or set TANSU_BIN",
-        )
+    )
 }
 
 /// A running broker.

@@ -112,7 +112,13 @@ fn kafka_mode_delivers_every_record_once_across_ingester_router_and_broker_fault
         .map(|agent| {
             let port = if agent == 2 { port_b } else { port_a };
             // About 35 s of traffic, so every fault lands mid-stream.
-            send(&ingest_a, &endpoint(port), agent, LINES, Duration::from_millis(500))
+            send(
+                &ingest_a,
+                &endpoint(port),
+                agent,
+                LINES,
+                Duration::from_millis(500),
+            )
         })
         .collect();
     let files = data.path().join("files");
@@ -154,7 +160,10 @@ fn kafka_mode_delivers_every_record_once_across_ingester_router_and_broker_fault
         eprintln!("router 2:\n{}", tail(router_2.stderr()));
         eprintln!("ingest A:\n{}", tail(ingest_a.stderr()));
     }
-    assert_eq!(landed, total, "records in the file sink (losses or duplicates)");
+    assert_eq!(
+        landed, total,
+        "records in the file sink (losses or duplicates)"
+    );
 
     // Exactly once, and each agent's records in order within its partition's file.
     let mut by_agent: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -167,7 +176,10 @@ fn kafka_mode_delivers_every_record_once_across_ingester_router_and_broker_fault
     for (agent, lines) in &by_agent {
         let want: Vec<String> = (0..LINES).map(|n| format!("{agent} line {n:07}")).collect();
         assert_eq!(lines.len(), LINES, "{agent}");
-        assert!(lines == &want, "{agent}: records out of order or not exactly once");
+        assert!(
+            lines == &want,
+            "{agent}: records out of order or not exactly once"
+        );
     }
     drop((ingest_a, ingest_b, router_1, router_2, broker));
 }
@@ -184,7 +196,10 @@ fn a_missing_topic_and_a_broker_down_at_start_are_clear_and_nothing_is_lost() {
     let port = free_port();
     let ingest = start("ingest", data.path(), port, &fake, &[]);
     assert!(
-        ingest.stderr().iter().any(|l| l.contains("cannot reach Kafka at")),
+        ingest
+            .stderr()
+            .iter()
+            .any(|l| l.contains("cannot reach Kafka at")),
         "{:#?}",
         ingest.stderr()
     );
@@ -202,10 +217,17 @@ fn a_missing_topic_and_a_broker_down_at_start_are_clear_and_nothing_is_lost() {
         .iter()
         .any(|l| l.contains("cannot store a batch: Kafka did not take the batch"))
     {
-        assert!(Instant::now() < deadline, "no refusal logged: {:#?}", ingest.stderr());
+        assert!(
+            Instant::now() < deadline,
+            "no refusal logged: {:#?}",
+            ingest.stderr()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(sender.try_wait().unwrap().is_none(), "nothing can be acked yet");
+    assert!(
+        sender.try_wait().unwrap().is_none(),
+        "nothing can be acked yet"
+    );
 
     // The broker comes up, without the topic: a new ingester says what to run.
     let broker = Broker::start(broker_dir.path(), broker_port);
@@ -241,5 +263,4 @@ fn a_missing_topic_and_a_broker_down_at_start_are_clear_and_nothing_is_lost() {
     lines.sort();
     lines.dedup();
     assert_eq!(lines.len(), 5_000);
-
 }

@@ -283,8 +283,7 @@ impl IngestService {
         if matches!(self.storage, Storage::Kafka(_)) {
             // A stateless ingester cannot know what Kafka holds: it trusts the agent's
             // own acked cursor, and the router drops any batch stored twice.
-            mark.stored
-                .fetch_max(hello.acked_seq, Ordering::AcqRel);
+            mark.stored.fetch_max(hello.acked_seq, Ordering::AcqRel);
         }
         let stored_seq = mark.stored.load(Ordering::Acquire);
         info!(
