@@ -64,8 +64,17 @@ fn parse_property(value: &str) -> Result<(String, String), String> {
 
 impl KafkaArgs {
     fn config(&self) -> ClientConfig {
+        self.config_with(&[])
+    }
+
+    /// The brokers, then our `defaults`, then the operator's `--kafka-property`s,
+    /// which win.
+    fn config_with(&self, defaults: &[(&str, &str)]) -> ClientConfig {
         let mut config = ClientConfig::new();
         config.set("bootstrap.servers", &self.kafka_brokers);
+        for (name, value) in defaults {
+            config.set(*name, *value);
+        }
         for (name, value) in &self.kafka_properties {
             config.set(name, value);
         }
@@ -253,20 +262,19 @@ impl std::fmt::Debug for KafkaProducer {
 impl KafkaProducer {
     /// An idempotent producer (`acks=all`); checks the topic (see [`check_topic`]).
     pub fn new(args: &KafkaArgs) -> Result<Self> {
-        let mut config = args.config();
-        config
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("compression.type", "none")
-            .set("linger.ms", "2")
-            // Under the agent's 15 s ack timeout, so a batch Kafka cannot take is refused
-            // before the agent gives up on the stream.
-            .set("message.timeout.ms", "10000")
-            .set("message.max.bytes", "67108864");
-        for (name, value) in &args.kafka_properties {
-            config.set(name, value);
-        }
-        let producer: FutureProducer = config.create().context("creating the Kafka producer")?;
+        let producer: FutureProducer = args
+            .config_with(&[
+                ("enable.idempotence", "true"),
+                ("acks", "all"),
+                ("compression.type", "none"),
+                ("linger.ms", "2"),
+                // Under the agent's 15 s ack timeout, so a batch Kafka cannot take is
+                // refused before the agent gives up on the stream.
+                ("message.timeout.ms", "10000"),
+                ("message.max.bytes", "67108864"),
+            ])
+            .create()
+            .context("creating the Kafka producer")?;
         check_topic(args, &producer)?;
         Ok(Self {
             producer,
@@ -406,17 +414,15 @@ pub fn route_destination(
         topic: args.kafka_topic.clone(),
         destinations: std::sync::Mutex::new(HashMap::new()),
     };
-    let mut config = args.config();
-    config
-        .set("group.id", format!("logferry.{name}"))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false");
-    for (key, value) in &args.kafka_properties {
-        config.set(key, value);
-    }
-    let consumer: BaseConsumer<RouteContext> = config
+    let group = format!("logferry.{name}");
+    let consumer: BaseConsumer<RouteContext> = args
+        .config_with(&[
+            ("group.id", &group),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("enable.partition.eof", "false"),
+        ])
         .create_with_context(context)
         .context("creating the Kafka consumer")?;
     consumer
