@@ -71,5 +71,8 @@ echo
 echo "==> the first record:"
 head -n 1 "$(find "$data/files" -name '*.jsonl' | head -n 1)"
 echo
+echo "==> logferry verify: the sink files against their hash chains (signed every 10 s)"
+"$bin/logferry" verify --data-dir "$data" || true
+echo
 echo "logferry serve keeps running; Ctrl-C stops it."
 wait "$serve_pid"
