@@ -358,13 +358,7 @@ impl Ingest for IngestService {
                 "the backend is shutting down; reconnect shortly",
             ));
         }
-        let session = self
-            .auth
-            .authenticate(
-                request.metadata(),
-                request.peer_certs().as_deref().map(Vec::as_slice),
-            )
-            .inspect_err(|status| self.metrics.auth_failed(status))?;
+        let session = self.authenticate(&request)?;
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(self.clone().run_stream(session, inbound, tx));
@@ -375,13 +369,7 @@ impl Ingest for IngestService {
         &self,
         request: Request<GetConfigRequest>,
     ) -> Result<Response<AgentConfig>, Status> {
-        let session = self
-            .auth
-            .authenticate(
-                request.metadata(),
-                request.peer_certs().as_deref().map(Vec::as_slice),
-            )
-            .inspect_err(|status| self.metrics.auth_failed(status))?;
+        let session = self.authenticate(&request)?;
         Ok(Response::new(self.config_for(&session.principal)))
     }
 
@@ -391,13 +379,7 @@ impl Ingest for IngestService {
         &self,
         request: Request<GetConfigRequest>,
     ) -> Result<Response<Self::WatchConfigStream>, Status> {
-        let session = self
-            .auth
-            .authenticate(
-                request.metadata(),
-                request.peer_certs().as_deref().map(Vec::as_slice),
-            )
-            .inspect_err(|status| self.metrics.auth_failed(status))?;
+        let session = self.authenticate(&request)?;
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(self.clone().run_watch(session, tx));
         Ok(Response::new(ReceiverStream::new(rx)))
@@ -405,6 +387,17 @@ impl Ingest for IngestService {
 }
 
 impl IngestService {
+    /// Authenticates a call by its metadata and the client certificate the TLS layer
+    /// verified, counting a refusal.
+    fn authenticate<T>(&self, request: &Request<T>) -> Result<Session, Status> {
+        self.auth
+            .authenticate(
+                request.metadata(),
+                request.peer_certs().as_deref().map(Vec::as_slice),
+            )
+            .inspect_err(|status| self.metrics.auth_failed(status))
+    }
+
     /// The settings of `principal`'s tenant, stamped with the registry version.
     fn config_for(&self, principal: &Principal) -> AgentConfig {
         AgentConfig {
