@@ -16,7 +16,7 @@ fn send_ships_every_line_once_and_exits_zero() {
         .collect();
     let mut child = Command::new(backend_bin())
         .args(["send", "-", "--tag", "app.send", "--chunk-bytes", "256K"])
-        .envs(credentials_env(&backend))
+        .envs(backend.credentials_env())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -54,7 +54,7 @@ fn send_fails_when_nothing_can_be_acked_in_time() {
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
     let backend = Backend::start(data.path(), port, &[]);
-    let env = credentials_env(&backend);
+    let env = backend.credentials_env();
     backend.stop();
     let output = send(&["--timeout", "3s"], env, b"one\ntwo\n");
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -80,15 +80,11 @@ fn send(args: &[&str], env: Vec<(String, String)>, input: &[u8]) -> std::process
     child.wait_with_output().unwrap()
 }
 
-fn credentials_env(backend: &Backend) -> Vec<(String, String)> {
-    backend.credentials_env()
-}
-
 #[test]
 fn token_issue_signs_a_working_token_and_print_events_echoes_records() {
     let data = tempfile::tempdir().unwrap();
     let backend = Backend::start(data.path(), 0, &["--print-events"]);
-    let mut env = credentials_env(&backend);
+    let mut env = backend.credentials_env();
     let access_key = backend.credentials().access_key;
 
     let issue = |key: &str| {
