@@ -400,13 +400,27 @@ mod tests {
 
     use super::*;
     use crate::auth::TokenAuthority;
-    use crate::sinks::{FileSink, Sink};
+    use crate::router::Checkpoint;
+    use crate::sinks::{Chunk, FileSink, Sink};
 
     struct Fixture {
         _dir: tempfile::TempDir,
         root: PathBuf,
         data: PathBuf,
         verifier: CheckpointVerifier,
+    }
+
+    fn write(sink: &mut FileSink, data: &[u8]) {
+        let chunk = Chunk {
+            tenant: "t",
+            access_key: "ak",
+            agent: "00",
+            seq: 1,
+            tag: "test",
+            offset: 0,
+            data,
+        };
+        sink.write(&chunk).unwrap();
     }
 
     /// Three committed steps of two lines each, signed at every commit.
@@ -418,10 +432,9 @@ mod tests {
         let mut sink = FileSink::new(root.clone(), Some(authority), Duration::ZERO);
         sink.recover(&serde_json::Value::Null).unwrap();
         for step in 0..3 {
-            sink.write("t", "ak", format!("{{\"n\":{step}}}\n").as_bytes())
-                .unwrap();
-            sink.write("t", "ak", b"{\"second\":true}\n").unwrap();
-            sink.commit().unwrap();
+            write(&mut sink, format!("{{\"n\":{step}}}\n").as_bytes());
+            write(&mut sink, b"{\"second\":true}\n");
+            sink.commit(&Checkpoint::default()).unwrap();
         }
         let pem = std::fs::read(keys.join("signing.pub.pem")).unwrap();
         Fixture {
@@ -587,15 +600,15 @@ mod tests {
         let root = dir.path().join("files");
         let mut sink = FileSink::new(root.clone(), Some(authority.clone()), Duration::ZERO);
         sink.recover(&serde_json::Value::Null).unwrap();
-        sink.write("t", "ak", b"{\"a\":1}\n").unwrap();
-        let state = sink.commit().unwrap();
+        write(&mut sink, b"{\"a\":1}\n");
+        let state = sink.commit(&Checkpoint::default()).unwrap();
         // Written but never committed, then the process dies.
-        sink.write("t", "ak", b"{\"lost\":1}\n").unwrap();
+        write(&mut sink, b"{\"lost\":1}\n");
         drop(sink);
         let mut sink = FileSink::new(root.clone(), Some(authority), Duration::ZERO);
         sink.recover(&state).unwrap();
-        sink.write("t", "ak", b"{\"b\":2}\n").unwrap();
-        sink.commit().unwrap();
+        write(&mut sink, b"{\"b\":2}\n");
+        sink.commit(&Checkpoint::default()).unwrap();
         let pem = std::fs::read(keys.join("signing.pub.pem")).unwrap();
         let verifier = CheckpointVerifier::from_pem(&pem).unwrap();
         let report = verify_file(&root.join("t/ak/ak.jsonl"), &verifier).unwrap();

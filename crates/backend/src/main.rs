@@ -206,6 +206,16 @@ enum KeysCommand {
         #[arg(long)]
         key_id: Option<u32>,
     },
+    /// Print the public key that checks the file sink's signed checkpoints (PEM), for
+    /// auditors to run `logferry verify --public-key FILE PATHS...` without the backend.
+    ExportVerify {
+        /// The backend's data directory.
+        #[arg(long, env = "LOGFERRY_DATA_DIR", default_value = "./logferry-data")]
+        data_dir: PathBuf,
+        /// Write the key to this file instead of stdout.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
 }
 
 fn init_tracing(format: LogFormat) {
@@ -300,6 +310,33 @@ fn run(cli: Cli) -> Result<()> {
                 "    encryption:\n      key_id: {id}\n      public_key: \"{}\"\n",
                 public.to_base64()
             );
+            Ok(())
+        }
+        Command::Keys(KeysCommand::ExportVerify { data_dir, output }) => {
+            let key = data_dir.join("keys").join("signing.pub.pem");
+            let pem = std::fs::read(&key).with_context(|| {
+                format!(
+                    "reading the backend's public key `{}` (it is created at the first \
+                     `logferry serve`)",
+                    key.display()
+                )
+            })?;
+            // Only a key `verify` can use is exported.
+            logferry_backend::chain::CheckpointVerifier::from_pem(&pem)
+                .with_context(|| format!("`{}` is not a usable public key", key.display()))?;
+            match output {
+                Some(path) => {
+                    std::fs::write(&path, &pem)
+                        .with_context(|| format!("writing `{}`", path.display()))?;
+                    eprintln!(
+                        "wrote the verification key to {}; check files with `logferry verify \
+                         --public-key {} PATHS...`",
+                        path.display(),
+                        path.display()
+                    );
+                }
+                None => std::io::Write::write_all(&mut std::io::stdout(), &pem)?,
+            }
             Ok(())
         }
         Command::DeadLetter(DeadLetterCommand::List {

@@ -34,7 +34,11 @@ use crate::live::{Live, Reloader, destinations_of};
 use crate::metrics::{self, Metrics};
 use crate::pki::{ServerPki, ensure_dev_pki, server_tls};
 use crate::router::{Destination, Format, Route, Router};
-use crate::sinks::{FileSink, StdoutSink};
+use crate::sinks::{
+    BasicAuth, ElasticsearchConfig, ElasticsearchSink, FileSink, LokiConfig, LokiSink,
+    PostgresConfig, PostgresSink, StdoutSink,
+};
+use crate::tenants::DestinationSpec;
 use crate::tenants::{Registry, TenantStore};
 
 /// Flags of `logferry serve`.
@@ -399,10 +403,75 @@ pub async fn run_role(args: ServeArgs, role: Role) -> Result<()> {
 #[derive(Debug, Clone)]
 pub struct DestinationPlan {
     pub name: String,
-    /// `Some(root)`: a file sink there; `None`: stdout.
-    pub file_root: Option<PathBuf>,
+    pub sink: SinkPlan,
     pub route: Route,
     pub format: Format,
+}
+
+/// A destination's sink, resolved from the registry.
+#[derive(Debug, Clone)]
+pub enum SinkPlan {
+    /// Files under this root.
+    File(PathBuf),
+    Stdout,
+    Elasticsearch(ElasticsearchConfig),
+    Loki(LokiConfig),
+    /// The config's `cursor` is the destination's name; a Kafka partition's sink
+    /// appends `.p<N>`.
+    Postgres(PostgresConfig),
+}
+
+impl SinkPlan {
+    fn of(spec: &DestinationSpec, tenant: &str, name: &str, data: &Path) -> Result<Self> {
+        let password = spec
+            .password_file
+            .as_deref()
+            .map(|file| {
+                std::fs::read_to_string(file)
+                    .map(|p| p.trim_end_matches(['\r', '\n']).to_string())
+                    .with_context(|| {
+                        format!("destination `{name}`: reading password_file `{file}`")
+                    })
+            })
+            .transpose()?;
+        let auth = spec.username.as_ref().map(|username| BasicAuth {
+            username: username.clone(),
+            password: password.clone().unwrap_or_default(),
+        });
+        let url = spec.url.clone().unwrap_or_default();
+        Ok(match spec.kind.as_str() {
+            "stdout" => Self::Stdout,
+            "elasticsearch" => Self::Elasticsearch(ElasticsearchConfig {
+                url,
+                index: spec
+                    .index
+                    .clone()
+                    .unwrap_or_else(|| format!("logferry-{}", tenant.to_lowercase())),
+                auth,
+                bulk_max_bytes: ElasticsearchConfig::DEFAULT_BULK_MAX_BYTES,
+            }),
+            "loki" => Self::Loki(LokiConfig {
+                url,
+                labels: spec.labels.clone().unwrap_or_default(),
+                max_label_values: spec
+                    .max_label_values
+                    .unwrap_or(LokiConfig::DEFAULT_MAX_LABEL_VALUES),
+                org_id: spec.org_id.clone(),
+                auth,
+                batch_max_bytes: LokiConfig::DEFAULT_BATCH_MAX_BYTES,
+            }),
+            "postgres" => Self::Postgres(PostgresConfig {
+                url,
+                password,
+                table: spec
+                    .table
+                    .clone()
+                    .unwrap_or_else(|| PostgresConfig::DEFAULT_TABLE.to_string()),
+                cursor: name.to_string(),
+            }),
+            _ => Self::File(data.join("destinations").join(name)),
+        })
+    }
 }
 
 /// The shared `files` destination (tenants without destinations of their own),
@@ -419,7 +488,7 @@ pub fn plan_destinations(args: &ServeArgs, registry: &Registry) -> Result<Vec<De
         .collect();
     let mut plans = vec![DestinationPlan {
         name: "files".into(),
-        file_root: Some(data.join("files")),
+        sink: SinkPlan::File(data.join("files")),
         route: Route {
             except: own,
             ..Route::default()
@@ -429,7 +498,7 @@ pub fn plan_destinations(args: &ServeArgs, registry: &Registry) -> Result<Vec<De
     if args.print_events {
         plans.push(DestinationPlan {
             name: "stdout".into(),
-            file_root: None,
+            sink: SinkPlan::Stdout,
             route: Route::default(),
             format: Format::Json,
         });
@@ -452,7 +521,7 @@ pub fn plan_destinations(args: &ServeArgs, registry: &Registry) -> Result<Vec<De
                 ..Route::default()
             };
             plans.push(DestinationPlan {
-                file_root: (spec.kind != "stdout").then(|| data.join("destinations").join(&name)),
+                sink: SinkPlan::of(spec, &tenant.name, &name, data)?,
                 name,
                 route,
                 format: match spec.format.as_deref() {
@@ -481,14 +550,20 @@ impl DestinationPlan {
             Format::Msgpack => "msgpack",
             Format::Json => "jsonl",
         };
-        let sink: Box<dyn crate::sinks::Sink> = match &self.file_root {
-            Some(root) => Box::new(FileSink::with_suffix(
+        let sink: Box<dyn crate::sinks::Sink> = match &self.sink {
+            SinkPlan::File(root) => Box::new(FileSink::with_suffix(
                 root.clone(),
                 Some(tokens.clone()),
                 args.chain_checkpoint_interval,
                 format!("{part}.{extension}"),
             )),
-            None => Box::new(StdoutSink),
+            SinkPlan::Stdout => Box::new(StdoutSink),
+            SinkPlan::Elasticsearch(config) => Box::new(ElasticsearchSink::new(config.clone())),
+            SinkPlan::Loki(config) => Box::new(LokiSink::new(config.clone())),
+            SinkPlan::Postgres(config) => Box::new(PostgresSink::new(PostgresConfig {
+                cursor: format!("{}{part}", config.cursor),
+                ..config.clone()
+            })),
         };
         Ok(Destination::open(
             &format!("{}{part}", self.name),

@@ -23,10 +23,27 @@
 //!       batches_per_sec: 500
 //!     destinations:              # optional; absent: the shared `files` destination
 //!       - name: audit            #   same charset as tenant names, unique per tenant
-//!         type: file             #   file | stdout
+//!         type: file             #   file | stdout | elasticsearch | loki | postgres
 //!         match: "audit.*"       #   tag glob (`*`, `?`, `[...]`), default "*"
 //!         access_keys: [ak_web]  #   default: every key of the tenant
-//!         format: json           #   json (JSON lines) | msgpack (the raw events)
+//!         format: json           #   json (JSON lines) | msgpack (the raw events, file only)
+//!       - name: search
+//!         type: elasticsearch    #   bulk API, deterministic _id
+//!         url: https://es:9200
+//!         index: logs-acme       #   default logferry-<tenant>
+//!         username: logferry     #   optional basic auth, with
+//!         password_file: /run/secrets/es   # the password in a file
+//!       - name: loki
+//!         type: loki             #   push API
+//!         url: http://loki:3100
+//!         labels: [level, app]   #   record keys that become labels, besides tenant
+//!         max_label_values: 100  #   per label; then `__overflow__`
+//!         org_id: acme           #   X-Scope-OrgID, default the tenant's name
+//!       - name: db
+//!         type: postgres         #   COPY, cursor in the same transaction
+//!         url: postgresql://logferry@db:5432/logs
+//!         table: logferry_records   # default; created if missing
+//!         password_file: /run/secrets/pg
 //! ```
 //!
 //! Destinations are read at start; changing them needs a restart (a reload that
@@ -71,7 +88,7 @@ pub struct TenantSpec {
 #[serde(deny_unknown_fields)]
 pub struct DestinationSpec {
     pub name: String,
-    /// `file` or `stdout`.
+    /// `file`, `stdout`, `elasticsearch`, `loki` or `postgres`.
     #[serde(rename = "type")]
     pub kind: String,
     /// Tag glob, as Fluent Bit's `Match`; default `*`.
@@ -80,9 +97,52 @@ pub struct DestinationSpec {
     /// Only these access keys of the tenant; default: all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_keys: Option<Vec<String>>,
-    /// `json` (default) or `msgpack`.
+    /// `json` (default) or `msgpack` (file only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
+    /// elasticsearch, loki: base URL; postgres: connection URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// elasticsearch: the index; default `logferry-<tenant>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<String>,
+    /// postgres: the table; default `logferry_records`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+    /// loki: record keys that become stream labels (besides `tenant`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
+    /// loki: distinct values a label may take before new ones become `__overflow__`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_label_values: Option<usize>,
+    /// loki: `X-Scope-OrgID`; default the tenant's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org_id: Option<String>,
+    /// elasticsearch, loki: basic-auth user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// elasticsearch, loki, postgres: a file holding the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<String>,
+}
+
+impl DestinationSpec {
+    /// The sink-specific fields that are set, by name.
+    fn sink_fields(&self) -> Vec<&'static str> {
+        [
+            ("url", self.url.is_some()),
+            ("index", self.index.is_some()),
+            ("table", self.table.is_some()),
+            ("labels", self.labels.is_some()),
+            ("max_label_values", self.max_label_values.is_some()),
+            ("org_id", self.org_id.is_some()),
+            ("username", self.username.is_some()),
+            ("password_file", self.password_file.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect()
+    }
 }
 
 /// The key agents seal this tenant's batches to.
@@ -303,9 +363,43 @@ fn check_destinations(tenant: &TenantSpec) -> Result<()> {
             bail!("destination `{}` is listed twice", spec.name);
         }
         let what = format!("destination `{}`", spec.name);
-        match spec.kind.as_str() {
-            "file" | "stdout" => {}
-            other => bail!("{what}: type `{other}` is not one of file, stdout"),
+        let allowed: &[&str] = match spec.kind.as_str() {
+            "file" | "stdout" => &[],
+            "elasticsearch" => &["url", "index", "username", "password_file"],
+            "loki" => &[
+                "url",
+                "labels",
+                "max_label_values",
+                "org_id",
+                "username",
+                "password_file",
+            ],
+            "postgres" => &["url", "table", "password_file"],
+            other => bail!(
+                "{what}: type `{other}` is not one of file, stdout, elasticsearch, loki, postgres"
+            ),
+        };
+        if let Some(field) = spec
+            .sink_fields()
+            .into_iter()
+            .find(|f| !allowed.contains(f))
+        {
+            bail!("{what}: `{field}` does not apply to type `{}`", spec.kind);
+        }
+        if allowed.contains(&"url") && spec.url.is_none() {
+            bail!("{what}: type `{}` needs `url`", spec.kind);
+        }
+        if let Some(table) = &spec.table
+            && !(table.len() <= 63
+                && table.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                && table
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+        {
+            bail!("{what}: table `{table}` is not [a-z_][a-z0-9_]*, at most 63 characters");
+        }
+        if spec.max_label_values == Some(0) {
+            bail!("{what}: max_label_values must be at least 1");
         }
         match spec.format.as_deref() {
             None | Some("json") => {}
@@ -509,7 +603,36 @@ tenants:
         );
         assert_eq!(
             err("      - {name: a, type: s3}\n"),
-            "in the destinations of tenant `acme`: destination `a`: type `s3` is not one of file, stdout"
+            "in the destinations of tenant `acme`: destination `a`: type `s3` is not one of \
+             file, stdout, elasticsearch, loki, postgres"
+        );
+        assert!(
+            Registry::parse(&format!(
+                "{base}      - {{name: es, type: elasticsearch, url: \"http://es:9200\", index: x}}\n\
+                 \x20     - {{name: l, type: loki, url: \"http://loki\", labels: [level]}}\n\
+                 \x20     - {{name: p, type: postgres, url: \"postgresql://db/logs\", table: t_1}}\n"
+            ))
+            .is_ok()
+        );
+        assert!(
+            err("      - {name: a, type: elasticsearch}\n")
+                .ends_with("type `elasticsearch` needs `url`")
+        );
+        assert!(
+            err("      - {name: a, type: file, url: \"http://x\"}\n")
+                .ends_with("`url` does not apply to type `file`")
+        );
+        assert!(
+            err("      - {name: a, type: postgres, url: x, labels: [a]}\n")
+                .ends_with("`labels` does not apply to type `postgres`")
+        );
+        assert!(
+            err("      - {name: a, type: postgres, url: x, table: \"logs; DROP\"}\n")
+                .contains("table `logs; DROP` is not [a-z_][a-z0-9_]*")
+        );
+        assert!(
+            err("      - {name: a, type: loki, url: x, max_label_values: 0}\n")
+                .ends_with("max_label_values must be at least 1")
         );
         assert!(
             err("      - {name: a, type: file}\n      - {name: a, type: stdout}\n")

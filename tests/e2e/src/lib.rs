@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 pub mod backend;
 pub mod host;
 pub mod kafka;
+pub mod sinks;
 
 /// The workspace root (the directory of the root `Cargo.toml`).
 pub fn workspace_root() -> PathBuf {

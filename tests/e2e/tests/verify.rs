@@ -58,6 +58,57 @@ fn verify_passes_on_sink_files_and_fails_on_a_changed_byte() {
         "{stderr}"
     );
 
+    // An auditor with the exported key and a copy of the files, without the data dir.
+    let audit = tempfile::tempdir().unwrap();
+    let exported = Command::new(backend_bin())
+        .args(["keys", "export-verify", "--data-dir"])
+        .arg(data.path())
+        .output()
+        .unwrap();
+    assert!(exported.status.success());
+    assert_eq!(
+        exported.stdout,
+        std::fs::read(data.path().join("keys/signing.pub.pem")).unwrap()
+    );
+    std::fs::write(audit.path().join("verify.pem"), &exported.stdout).unwrap();
+    for suffix in ["jsonl", "jsonl.chain"] {
+        std::fs::copy(
+            file.join(format!("{key}.{suffix}")),
+            audit.path().join(format!("{key}.{suffix}")),
+        )
+        .unwrap();
+    }
+    let audited = Command::new(backend_bin())
+        .arg("verify")
+        .arg("--data-dir")
+        .arg(audit.path().join("no-such-dir"))
+        .arg("--public-key")
+        .arg(audit.path().join("verify.pem"))
+        .arg(audit.path())
+        .output()
+        .unwrap();
+    assert!(
+        audited.status.success(),
+        "{}",
+        String::from_utf8_lossy(&audited.stdout)
+    );
+    // A key from another backend does not verify the same files.
+    let other = tempfile::tempdir().unwrap();
+    logferry_backend::auth::TokenAuthority::load_or_create(other.path()).unwrap();
+    let foreign = Command::new(backend_bin())
+        .arg("verify")
+        .arg("--public-key")
+        .arg(other.path().join("signing.pub.pem"))
+        .arg(audit.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        foreign.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&foreign.stdout)
+    );
+
     let mut bytes = std::fs::read(&data_file).unwrap();
     let at = bytes.len() / 2;
     bytes[at] = if bytes[at] == b'7' { b'8' } else { b'7' };

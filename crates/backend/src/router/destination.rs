@@ -30,7 +30,7 @@ use super::decode::{Origin, decode_chunk, render, rfc3339};
 use crate::ingest::MAX_RAW_BATCH_BYTES;
 use crate::keys::KeyRing;
 use crate::metrics::DestinationMetrics;
-use crate::sinks::{FileSet, Sink};
+use crate::sinks::{Chunk, FileSet, Sink};
 
 /// How much buffer payload one step reads.
 const STEP_BYTES: usize = 16 << 20;
@@ -90,6 +90,8 @@ pub struct Destination {
     format: Format,
     /// Whether it has a checkpoint: one existed when it was opened, or it stored one.
     resumed: bool,
+    /// Whether the checkpoint has been compared with the one the sink stores, if any.
+    synced: bool,
 }
 
 impl std::fmt::Debug for Destination {
@@ -135,6 +137,7 @@ impl Destination {
             route: Route::default(),
             format: Format::Json,
             resumed,
+            synced: false,
         };
         destination
             .recover()
@@ -179,6 +182,9 @@ impl Destination {
 
     /// Delivers the next records of the embedded buffer; returns how many it consumed.
     pub fn step(&mut self, log: &EmbeddedLog) -> Result<usize> {
+        if !self.synced {
+            self.sync_with_sink()?;
+        }
         let records = match log.read(self.checkpoint.next_offset, STEP_BYTES) {
             Ok(records) => records,
             Err(logferry_buffer::Error::Truncated { requested, oldest }) => {
@@ -200,19 +206,35 @@ impl Destination {
 
     /// Delivers `records` and checkpoints `next_offset` as where to resume (the
     /// position after them in the buffer, or in a Kafka partition), all or nothing.
+    ///
+    /// Order: records to the sink, dead letters made durable, then the sink's commit
+    /// (which may store this checkpoint with its data), then records the commit
+    /// refused to the dead letters, then the checkpoint file.
     pub fn deliver(&mut self, records: &[Record], next_offset: u64) -> Result<usize> {
+        if !self.synced {
+            self.sync_with_sink()?;
+        }
         let mut marks = self.checkpoint.marks.clone();
         let result = (|| -> Result<Checkpoint> {
             for record in records {
                 self.deliver_one(record, &mut marks)?;
             }
-            Ok(Checkpoint {
+            self.dead_letter_rejected()?;
+            let mut checkpoint = Checkpoint {
                 version: Checkpoint::VERSION,
                 next_offset,
                 marks,
-                sink: self.sink.commit().context("committing the sink")?,
+                sink: serde_json::Value::Null,
                 dead_letter: self.dead.commit().context("committing dead letters")?,
-            })
+            };
+            checkpoint.sink = self
+                .sink
+                .commit(&checkpoint)
+                .context("committing the sink")?;
+            if self.dead_letter_rejected()? > 0 {
+                checkpoint.dead_letter = self.dead.commit().context("committing dead letters")?;
+            }
+            Ok(checkpoint)
         })();
         match result.and_then(|c| c.store(&self.checkpoint_path).map(|()| c)) {
             Ok(checkpoint) => {
@@ -224,9 +246,73 @@ impl Destination {
                 if let Err(undo) = self.recover() {
                     error!(destination = %self.name, "cannot undo a failed step: {undo:#}");
                 }
+                // The commit may have landed on the far side before the error.
+                self.synced = false;
                 Err(e)
             }
         }
+    }
+
+    /// Adopts the checkpoint a sink stored with its data when it differs from the
+    /// local file (a crash between the two, or a failed step whose commit landed).
+    fn sync_with_sink(&mut self) -> Result<()> {
+        if let Some(stored) = self
+            .sink
+            .stored_checkpoint()
+            .context("reading the checkpoint stored in the sink")?
+            && (stored.next_offset, &stored.marks)
+                != (self.checkpoint.next_offset, &self.checkpoint.marks)
+        {
+            if stored.next_offset < self.checkpoint.next_offset {
+                warn!(
+                    destination = %self.name,
+                    "the sink's stored cursor ({}) is behind the local checkpoint ({}); \
+                     re-delivering from the sink's",
+                    stored.next_offset,
+                    self.checkpoint.next_offset
+                );
+            } else {
+                info!(
+                    destination = %self.name,
+                    "resuming at the sink's stored cursor {} (local checkpoint: {})",
+                    stored.next_offset,
+                    self.checkpoint.next_offset
+                );
+            }
+            self.dead.recover(&stored.dead_letter)?;
+            stored.store(&self.checkpoint_path)?;
+            self.checkpoint = stored;
+            self.resumed = true;
+        }
+        self.synced = true;
+        Ok(())
+    }
+
+    /// Dead-letters what the sink refused; returns how many.
+    fn dead_letter_rejected(&mut self) -> Result<usize> {
+        let rejected = self.sink.take_rejected();
+        let n = rejected.len();
+        if n > 0 {
+            warn!(destination = %self.name, "dead-lettering {n} record(s) the sink refused");
+        }
+        for r in rejected {
+            let record: serde_json::Value = serde_json::from_slice(&r.line)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&r.line).into_owned().into());
+            self.dead_letter(json!({
+                "time": now(),
+                "destination": self.name,
+                "tenant": r.tenant,
+                "access_key": r.access_key,
+                "agent": r.agent,
+                "buffer_offset": r.offset,
+                "reason": r.reason,
+                "seq": r.seq,
+                "index": r.index,
+                "tag": r.tag,
+                "record": record,
+            }))?;
+        }
+        Ok(n)
     }
 
     fn dead_letter(&mut self, entry: serde_json::Value) -> Result<()> {
@@ -320,6 +406,15 @@ impl Destination {
                 return Ok(());
             }
         };
+        let at = |seq, tag| Chunk {
+            tenant: &meta.tenant,
+            access_key: &meta.access_key,
+            agent: &agent,
+            seq,
+            tag,
+            offset: record.offset,
+            data: &[],
+        };
         let mut delivered_to = mark;
         for chunk in &payload.chunks {
             if chunk.seq <= delivered_to {
@@ -332,8 +427,10 @@ impl Destination {
             }
             match decode_chunk(&chunk.data) {
                 Ok(events) if self.format == Format::Msgpack => {
-                    self.sink
-                        .write(&meta.tenant, &meta.access_key, &chunk.data)?;
+                    self.sink.write(&Chunk {
+                        data: &chunk.data,
+                        ..at(chunk.seq, &chunk.tag)
+                    })?;
                     let records = events
                         .iter()
                         .filter(|e| matches!(e, super::decode::Event::Record { .. }))
@@ -349,8 +446,10 @@ impl Destination {
                     };
                     let n = render(&events, origin, &mut self.lines);
                     if n > 0 {
-                        self.sink
-                            .write(&meta.tenant, &meta.access_key, &self.lines)?;
+                        self.sink.write(&Chunk {
+                            data: &self.lines,
+                            ..at(chunk.seq, &chunk.tag)
+                        })?;
                         self.metrics.records.inc_by(n as u64);
                     }
                 }

@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use super::{FileSet, Sink};
+use super::{Chunk, FileSet, Sink};
 use crate::auth::TokenAuthority;
 use crate::chain::{ChainLine, ChainState, CheckpointClaims, chain_path};
+use crate::router::Checkpoint;
 
 /// How much of a chain file's end is read to resume it.
 const RESUME_TAIL: u64 = 64 << 10;
@@ -132,13 +133,13 @@ impl Sink for FileSink {
         }
     }
 
-    fn write(&mut self, tenant: &str, access_key: &str, lines: &[u8]) -> Result<()> {
-        let relative = self.relative_path(tenant, access_key);
-        self.state(&relative)?.update(lines);
-        self.files.append(&relative, lines)
+    fn write(&mut self, chunk: &Chunk<'_>) -> Result<()> {
+        let relative = self.relative_path(chunk.tenant, chunk.access_key);
+        self.state(&relative)?.update(chunk.data);
+        self.files.append(&relative, chunk.data)
     }
 
-    fn commit(&mut self) -> Result<serde_json::Value> {
+    fn commit(&mut self, _cursor: &Checkpoint) -> Result<serde_json::Value> {
         let sign = self.signer.is_some()
             && self
                 .last_signed

@@ -1,28 +1,116 @@
 //! Destinations the router delivers to.
 //!
-//! A sink appends rendered JSON lines and, on `commit`, makes them durable and
-//! returns its state for the destination's checkpoint. After a crash the router
-//! calls `recover` with the state of the last checkpoint: the sink drops anything
-//! written after it, and the router re-delivers from the checkpoint's cursor. That
-//! pair is what makes each sink exactly-once.
+//! A sink takes rendered chunks and, on `commit`, makes them durable and returns
+//! its state for the destination's checkpoint. After a crash the router calls
+//! `recover` with the state of the last checkpoint and re-delivers from the
+//! checkpoint's cursor. Each sink turns that re-delivery into exactly-once by its
+//! own means:
+//!
+//! - file: `recover` truncates to the checkpointed lengths;
+//! - Elasticsearch: every record has a deterministic `_id`, so a re-send overwrites;
+//! - Loki: Loki drops an entry whose stream, timestamp and line it already holds;
+//! - PostgreSQL: the cursor is stored in the same transaction as the rows, and
+//!   [`Sink::stored_checkpoint`] hands it back, so a committed step is never redone;
+//! - stdout: at least once (a terminal cannot be truncated).
+//!
+//! A record the far side refuses for good (a mapping error, a constraint) is
+//! handed back by [`Sink::take_rejected`] and lands in the destination's dead letters.
 
+mod elasticsearch;
 mod file;
 mod fileset;
+mod http;
+mod loki;
+mod postgres;
 mod stdout;
 
+pub use elasticsearch::{ElasticsearchConfig, ElasticsearchSink};
 pub use file::FileSink;
 pub use fileset::FileSet;
+pub use http::BasicAuth;
+pub use loki::{LokiConfig, LokiSink};
+pub use postgres::{PostgresConfig, PostgresSink};
 pub use stdout::StdoutSink;
+
+use crate::router::Checkpoint;
+
+/// One decoded chunk on its way to a sink.
+#[derive(Debug, Clone, Copy)]
+pub struct Chunk<'a> {
+    pub tenant: &'a str,
+    pub access_key: &'a str,
+    /// Agent id, hex.
+    pub agent: &'a str,
+    pub seq: u64,
+    pub tag: &'a str,
+    /// Where the batch sits in the buffer.
+    pub offset: u64,
+    /// JSON lines (one record each), or the raw msgpack events.
+    pub data: &'a [u8],
+}
+
+impl<'a> Chunk<'a> {
+    /// The JSON lines with their index in the chunk (part of each record's identity).
+    pub fn lines(&self) -> impl Iterator<Item = (usize, &'a [u8])> {
+        self.data
+            .split(|b| *b == b'\n')
+            .filter(|line| !line.is_empty())
+            .enumerate()
+    }
+}
+
+/// A record a sink refused for good.
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    pub tenant: String,
+    pub access_key: String,
+    pub agent: String,
+    pub seq: u64,
+    pub tag: String,
+    pub offset: u64,
+    /// The record's index in its chunk.
+    pub index: usize,
+    pub reason: String,
+    /// The JSON line.
+    pub line: Vec<u8>,
+}
+
+impl Rejected {
+    pub fn new(chunk: &Chunk<'_>, index: usize, line: &[u8], reason: impl Into<String>) -> Self {
+        Self {
+            tenant: chunk.tenant.to_string(),
+            access_key: chunk.access_key.to_string(),
+            agent: chunk.agent.to_string(),
+            seq: chunk.seq,
+            tag: chunk.tag.to_string(),
+            offset: chunk.offset,
+            index,
+            reason: reason.into(),
+            line: line.to_vec(),
+        }
+    }
+}
 
 /// One destination's output.
 pub trait Sink: Send {
-    /// The kind, for logs (`file`, `stdout`).
+    /// The kind, for logs (`file`, `stdout`, ...).
     fn kind(&self) -> &'static str;
     /// Restores the state of the last checkpoint (`Null` on first start), dropping
     /// whatever was written after it.
     fn recover(&mut self, state: &serde_json::Value) -> anyhow::Result<()>;
-    /// Appends JSON lines of one tenant's access key.
-    fn write(&mut self, tenant: &str, access_key: &str, lines: &[u8]) -> anyhow::Result<()>;
-    /// Makes everything written durable; returns the state to checkpoint.
-    fn commit(&mut self) -> anyhow::Result<serde_json::Value>;
+    /// Takes one chunk. A sink may send it now or hold it until `commit`.
+    fn write(&mut self, chunk: &Chunk<'_>) -> anyhow::Result<()>;
+    /// Makes everything written durable; returns the state to checkpoint. `cursor` is
+    /// the checkpoint being taken (its `sink` is `Null`), for sinks that store it
+    /// with their data.
+    fn commit(&mut self, cursor: &Checkpoint) -> anyhow::Result<serde_json::Value>;
+    /// Records refused for good since the last call.
+    fn take_rejected(&mut self) -> Vec<Rejected> {
+        Vec::new()
+    }
+    /// The checkpoint the sink stored with its data, if it stores one. It wins over
+    /// the local checkpoint file, which may be older.
+    fn stored_checkpoint(&mut self) -> anyhow::Result<Option<Checkpoint>> {
+        Ok(None)
+    }
 }

@@ -6,7 +6,8 @@ use std::io::Write;
 
 use anyhow::{Context, Result};
 
-use super::Sink;
+use super::{Chunk, Sink};
+use crate::router::Checkpoint;
 
 #[derive(Debug, Default)]
 pub struct StdoutSink;
@@ -20,14 +21,14 @@ impl Sink for StdoutSink {
         Ok(())
     }
 
-    fn write(&mut self, _tenant: &str, _access_key: &str, lines: &[u8]) -> Result<()> {
+    fn write(&mut self, chunk: &Chunk<'_>) -> Result<()> {
         std::io::stdout()
             .lock()
-            .write_all(lines)
+            .write_all(chunk.data)
             .context("writing to stdout")
     }
 
-    fn commit(&mut self) -> Result<serde_json::Value> {
+    fn commit(&mut self, _cursor: &Checkpoint) -> Result<serde_json::Value> {
         std::io::stdout()
             .lock()
             .flush()
