@@ -257,7 +257,7 @@ pub fn run(
     Ok(result)
 }
 
-fn stream(
+pub(crate) fn stream(
     backend: &Backend,
     extra_pids: &[u32],
     work_dir: &Path,

@@ -7,7 +7,9 @@
 //! - [`disk`]: fsync'd sequential writes of the same bytes, the disk limit;
 //! - [`transport`]: a TLS gRPC stream to a discarding server, the transport limit;
 //! - `kafka`: the agent load through `logferry ingest` -> a tansu broker -> `logferry
-//!   route`, compared with the same load through `serve` (skipped without tansu).
+//!   route`, compared with the same load through `serve` (skipped without tansu);
+//! - [`sinks`]: each sink draining the same backlog (`--sink-mb`), against the file
+//!   sink.
 //!
 //! Build first, in one target dir, so the plugin and backend sit beside the bench:
 //! `cargo build --release -p logferry-bench -p logferry-backend -p plugin-out-grpc`,
@@ -21,6 +23,7 @@ mod fixture;
 mod flush;
 mod measure;
 mod report;
+mod sinks;
 mod transport;
 
 use std::path::{Path, PathBuf};
@@ -69,6 +72,10 @@ struct Cli {
     /// tenant's setting), `off` (TLS only), or `both`, one run each, compared.
     #[arg(long, value_enum, default_value = "on")]
     encryption: Encryption,
+    /// Raw chunk MB of the sinks scenario's backlog (the in-test Elasticsearch and
+    /// Loki servers keep every record in memory).
+    #[arg(long, default_value_t = 100)]
+    sink_mb: u64,
     /// The tansu broker for the kafka scenario. Default: `tansu` on PATH or in
     /// ~/.cargo/bin; without one the scenario is skipped with a note.
     #[arg(long, env = "TANSU_BIN")]
@@ -110,6 +117,8 @@ enum Scenario {
     Buffer,
     /// The agent load through Kafka (ingest -> tansu -> route) vs through `serve`.
     Kafka,
+    /// Each sink draining the same backlog: file, Elasticsearch, Loki, PostgreSQL.
+    Sinks,
 }
 
 fn main() -> std::process::ExitCode {
@@ -135,9 +144,10 @@ fn run(cli: Cli) -> Result<()> {
             )
         })
         .transpose()?;
-    let backend_bin = (wanted(Scenario::Agent) || wanted(Scenario::Kafka))
-        .then(|| beside_this_binary(cli.backend_bin.as_deref(), "logferry", "logferry-backend"))
-        .transpose()?;
+    let backend_bin =
+        (wanted(Scenario::Agent) || wanted(Scenario::Kafka) || wanted(Scenario::Sinks))
+            .then(|| beside_this_binary(cli.backend_bin.as_deref(), "logferry", "logferry-backend"))
+            .transpose()?;
     let parent = cli.work_dir.clone().unwrap_or_else(std::env::temp_dir);
     let work = tempfile::Builder::new()
         .prefix("logferry-bench-")
@@ -258,6 +268,16 @@ fn run(cli: Cli) -> Result<()> {
                 kafka_run = Some(run);
             }
         }
+    }
+
+    let mut sink_results = None;
+    if wanted(Scenario::Sinks)
+        && let Some(backend_bin) = &backend_bin
+    {
+        let results = sinks::run(backend_bin, work.path(), &large, cli.sink_mb * 1_000_000)?;
+        results.print();
+        println!();
+        sink_results = Some(results);
     }
 
     println!("Summary (ratios of figures from this run)");
@@ -398,6 +418,22 @@ fn run(cli: Cli) -> Result<()> {
                 report::bytes(buffer.payload_bytes)
             ),
         ]);
+    }
+    if let Some(results) = &sink_results
+        && let Some(file) = results.runs.iter().find(|r| r.kind == "file")
+    {
+        for run in results.runs.iter().filter(|r| r.kind != "file") {
+            table.row(vec![
+                format!("{} sink / file sink: records/s", run.kind),
+                report::ratio(run.records_per_s() / file.records_per_s()),
+                format!(
+                    "{:.0} vs {:.0} records/s draining {} records",
+                    run.records_per_s(),
+                    file.records_per_s(),
+                    run.records
+                ),
+            ]);
+        }
     }
     if table.is_empty() {
         println!("  (none: ratios need the scenarios on both sides)");

@@ -570,6 +570,13 @@ impl Postgres {
         self.try_client()
             .expect("connecting to the test PostgreSQL")
     }
+
+    /// Rows in `table`; 0 when it does not exist yet or the server is down.
+    pub fn count(&self, table: &str) -> usize {
+        self.try_client()
+            .and_then(|mut c| c.query_one(&format!("SELECT count(*) FROM {table}"), &[]))
+            .map_or(0, |row| row.get::<_, i64>(0) as usize)
+    }
 }
 
 impl Drop for Postgres {

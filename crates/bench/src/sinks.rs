@@ -1,0 +1,272 @@
+//! `sinks`: how fast each sink drains the same backlog.
+//!
+//! For each sink (file, Elasticsearch, Loki, PostgreSQL), one `logferry serve` whose
+//! only tenant has one destination of that type. The destination is blocked while the
+//! agent streams the load, so the buffer holds all of it. Then the backend stops, the
+//! sink is unblocked, and the backend starts again: the drain is timed from just before
+//! that start (so it includes the start, about a tenth of a second) until the
+//! destination's checkpoint covers the backlog, and the backend's CPU is that of the
+//! new process. Every sink ends holding exactly the records sent, or the scenario
+//! fails. The file sink is the baseline.
+//!
+//! PostgreSQL is the real server (Debian's package). Elasticsearch and Loki are the
+//! in-test servers of `tests/e2e` (neither product can be installed here), running in
+//! this process: their CPU is not in the backend's figure, and they hold every
+//! document in memory, so keep `--sink-mb` moderate.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use logferry_e2e::sinks::{Elasticsearch, Loki, Postgres};
+
+use crate::backend::Backend;
+use crate::end_to_end;
+use crate::fixture::BenchChunk;
+use crate::measure;
+use crate::report::{self, Table};
+
+/// One sink's figures.
+#[derive(Debug)]
+pub struct SinkRun {
+    pub kind: &'static str,
+    pub records: u64,
+    pub raw_bytes: u64,
+    /// From just before the backend's start to the checkpoint that covers the backlog.
+    pub drained: Duration,
+    pub backend_cpu: Duration,
+}
+
+impl SinkRun {
+    pub fn records_per_s(&self) -> f64 {
+        self.records as f64 / self.drained.as_secs_f64().max(1e-9)
+    }
+
+    pub fn mb_per_s(&self) -> f64 {
+        report::mb_per_s(self.raw_bytes, self.drained)
+    }
+}
+
+/// All sinks' figures.
+#[derive(Debug)]
+pub struct SinkResults {
+    pub runs: Vec<SinkRun>,
+}
+
+impl SinkResults {
+    pub fn print(&self) {
+        println!("sinks: draining the same backlog, one destination at a time");
+        let baseline = self.runs.iter().find(|r| r.kind == "file");
+        let mut table = Table::new(&[
+            "sink",
+            "records",
+            "drain time",
+            "records/s",
+            "raw MB/s",
+            "vs file",
+            "backend CPU/GB",
+        ]);
+        for run in &self.runs {
+            table.row(vec![
+                run.kind.to_string(),
+                run.records.to_string(),
+                report::duration(run.drained),
+                format!("{:.0}", run.records_per_s()),
+                report::rate(run.mb_per_s()),
+                baseline.map_or_else(String::new, |b| {
+                    report::ratio(run.records_per_s() / b.records_per_s())
+                }),
+                report::cpu_per_gb(run.backend_cpu, run.raw_bytes),
+            ]);
+        }
+        table.print();
+        println!(
+            "  raw MB = the msgpack chunks sent; Elasticsearch and Loki are in-process test \
+             servers (their CPU is not counted)"
+        );
+    }
+}
+
+/// The far side of one sink, and how to block it.
+enum FarSide {
+    File,
+    Elasticsearch(Elasticsearch),
+    Loki(Loki),
+    Postgres(Postgres),
+}
+
+impl FarSide {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::File => "file",
+            Self::Elasticsearch(_) => "elasticsearch",
+            Self::Loki(_) => "loki",
+            Self::Postgres(_) => "postgres",
+        }
+    }
+
+    fn destination(&self) -> String {
+        match self {
+            Self::File => "type: file".into(),
+            Self::Elasticsearch(es) => format!("type: elasticsearch\n        url: {}", es.url()),
+            Self::Loki(loki) => format!("type: loki\n        url: {}", loki.url()),
+            Self::Postgres(pg) => format!("type: postgres\n        url: {}", pg.url()),
+        }
+    }
+
+    fn block(&mut self, data_dir: &Path) -> Result<()> {
+        match self {
+            // A file where the destination's directory goes.
+            Self::File => {
+                let path = data_dir.join("destinations/dev.sink");
+                std::fs::create_dir_all(path.parent().expect("has a parent"))?;
+                std::fs::write(path, "blocked by the benchmark")?;
+            }
+            Self::Elasticsearch(es) => es.set_down(true),
+            Self::Loki(loki) => loki.set_down(true),
+            Self::Postgres(pg) => pg.stop(),
+        }
+        Ok(())
+    }
+
+    fn unblock(&mut self, data_dir: &Path) -> Result<()> {
+        match self {
+            Self::File => std::fs::remove_file(data_dir.join("destinations/dev.sink"))?,
+            Self::Elasticsearch(es) => es.set_down(false),
+            Self::Loki(loki) => loki.set_down(false),
+            Self::Postgres(pg) => pg.restart(),
+        }
+        Ok(())
+    }
+
+    fn count(&self, data_dir: &Path) -> u64 {
+        (match self {
+            Self::File => logferry_e2e::backend::count_jsonl_lines(&data_dir.join("destinations")),
+            Self::Elasticsearch(es) => es.count(),
+            Self::Loki(loki) => loki.count(),
+            Self::Postgres(pg) => pg.count("logferry_records"),
+        }) as u64
+    }
+}
+
+fn next_offset(checkpoint: &Path) -> u64 {
+    std::fs::read(checkpoint)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .and_then(|c| c["next_offset"].as_u64())
+        .unwrap_or(0)
+}
+
+/// Runs every sink on `total_bytes` of `chunk`.
+pub fn run(
+    backend_bin: &Path,
+    work_dir: &Path,
+    chunk: &BenchChunk,
+    total_bytes: u64,
+) -> Result<SinkResults> {
+    let sides = vec![
+        FarSide::File,
+        FarSide::Elasticsearch(Elasticsearch::start(0)),
+        FarSide::Loki(Loki::start(0)),
+        FarSide::Postgres(Postgres::start()),
+    ];
+    let mut runs = Vec::new();
+    for side in sides {
+        eprintln!("logferry-bench: sinks: {} ...", side.kind());
+        runs.push(run_one(backend_bin, work_dir, chunk, total_bytes, side)?);
+    }
+    Ok(SinkResults { runs })
+}
+
+fn run_one(
+    backend_bin: &Path,
+    work_dir: &Path,
+    chunk: &BenchChunk,
+    total_bytes: u64,
+    mut side: FarSide,
+) -> Result<SinkRun> {
+    let work_dir: PathBuf = work_dir.join(format!("sink-{}", side.kind()));
+    let data_dir = work_dir.join("backend");
+    std::fs::create_dir_all(&data_dir)?;
+    std::fs::write(
+        data_dir.join("tenants.yaml"),
+        format!(
+            "tenants:\n  - name: dev\n    access_keys:\n      - key: ak_bench\n    \
+             destinations:\n      - name: sink\n        {}\n",
+            side.destination()
+        ),
+    )?;
+    side.block(&data_dir)?;
+    let backend = Backend::start(backend_bin, &data_dir)?;
+    let streamed = end_to_end::stream(
+        &backend,
+        &[],
+        &work_dir,
+        chunk,
+        total_bytes,
+        Duration::ZERO,
+        None,
+    )?;
+    // The shared `files` destination skips every batch (the tenant has its own), so
+    // its checkpoint reaches the end of the buffer quickly: that is the target.
+    let files = data_dir.join("router/files.checkpoint.json");
+    let sink = data_dir.join("router/dev.sink.checkpoint.json");
+    let mut target = 0;
+    let settle = Instant::now();
+    loop {
+        let now = next_offset(&files);
+        if now > 0 && now == target {
+            break;
+        }
+        target = now;
+        if settle.elapsed() > Duration::from_secs(60) {
+            bail!(
+                "the `files` destination did not settle; stderr:\n{}",
+                backend.stderr_tail()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    if next_offset(&sink) > 0 {
+        bail!("the {} destination was not blocked", side.kind());
+    }
+    // Restart with the sink reachable, so the destination starts at once instead of
+    // after its retry backoff; the drain is timed from just before the start.
+    backend.stop()?;
+    side.unblock(&data_dir)?;
+    let started = Instant::now();
+    let backend = Backend::start(backend_bin, &data_dir)?;
+    let pid = backend.pid();
+    let timeout = Duration::from_secs(120 + total_bytes / 1_000_000);
+    let ended = loop {
+        let at = next_offset(&sink);
+        if at >= target {
+            break Instant::now();
+        }
+        if started.elapsed() > timeout {
+            bail!(
+                "the {} destination is at offset {at} of {target} after {timeout:?}; stderr:\n{}",
+                side.kind(),
+                backend.stderr_tail()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let backend_cpu = measure::process_cpu(pid)?;
+    let landed = side.count(&data_dir);
+    backend.stop()?;
+    if landed != streamed.records {
+        bail!(
+            "the {} sink holds {landed} records, {} were sent",
+            side.kind(),
+            streamed.records
+        );
+    }
+    Ok(SinkRun {
+        kind: side.kind(),
+        records: streamed.records,
+        raw_bytes: streamed.raw_bytes,
+        drained: ended.duration_since(started),
+        backend_cpu,
+    })
+}
