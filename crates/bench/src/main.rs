@@ -213,7 +213,10 @@ fn run(cli: Cli) -> Result<()> {
     }
     let mut end_to_end = None;
     let mut tls_only = None;
-    if let Some(backend_bin) = &backend_bin {
+    // Kafka mode is compared with this run, so it comes along.
+    if (wanted(Scenario::Agent) || wanted(Scenario::Kafka))
+        && let Some(backend_bin) = &backend_bin
+    {
         let modes: &[bool] = match cli.encryption {
             Encryption::On => &[true],
             Encryption::Off => &[false],
