@@ -21,7 +21,7 @@
 //! The chain file is written and truncated together with its data file (both are
 //! in the destination's checkpoint), so a crash never leaves them disagreeing.
 
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -116,6 +116,11 @@ impl ChainState {
         self.pending_len += bytes.len() as u64;
     }
 
+    /// The data file's length, with the pending block.
+    pub fn data_len(&self) -> u64 {
+        self.end + self.pending_len
+    }
+
     /// Closes the pending block; returns its link, if any bytes were appended.
     pub fn close_block(&mut self) -> Option<ChainLine> {
         let hasher = self.pending.take()?;
@@ -192,12 +197,35 @@ pub struct FileReport {
 
 const READ_CHUNK: usize = 1 << 20;
 
-/// Checks one data file against its chain file.
-pub fn verify_file(path: &Path, verifier: &CheckpointVerifier) -> Result<FileReport> {
-    let name = path
+/// A closed, gzipped segment `X.jsonl.gz` is checked against `X.jsonl.chain`, as the
+/// bytes it decompresses to.
+fn chain_of(path: &Path) -> (PathBuf, String) {
+    let plain = path
+        .to_str()
+        .and_then(|p| p.strip_suffix(".gz"))
+        .map_or_else(|| path.to_path_buf(), PathBuf::from);
+    let name = plain
         .file_name()
         .map(|n| n.to_string_lossy().to_string())
         .unwrap_or_default();
+    (chain_path(&plain), name)
+}
+
+/// Fills `buf` unless the data ends first; returns how many bytes it read.
+fn read_full(data: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match data.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+/// Checks one data file against its chain file.
+pub fn verify_file(path: &Path, verifier: &CheckpointVerifier) -> Result<FileReport> {
+    let (chain_file, name) = chain_of(path);
     let mut report = FileReport {
         path: path.to_path_buf(),
         bytes: 0,
@@ -206,7 +234,6 @@ pub fn verify_file(path: &Path, verifier: &CheckpointVerifier) -> Result<FileRep
         signed_len: 0,
         finding: None,
     };
-    let chain_file = chain_path(path);
     let chain = match std::fs::read_to_string(&chain_file) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -218,7 +245,7 @@ pub fn verify_file(path: &Path, verifier: &CheckpointVerifier) -> Result<FileRep
         }
         Err(e) => return Err(e).with_context(|| format!("reading {}", chain_file.display())),
     };
-    let mut data = match std::fs::File::open(path) {
+    let file = match std::fs::File::open(path) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             report.finding = Some("deleted: the file is gone, its hash chain remains".into());
@@ -226,8 +253,11 @@ pub fn verify_file(path: &Path, verifier: &CheckpointVerifier) -> Result<FileRep
         }
         Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
     };
-    let len = data.metadata()?.len();
-    report.bytes = len;
+    let mut data: Box<dyn Read> = if path.extension().is_some_and(|e| e == "gz") {
+        Box::new(std::io::BufReader::new(flate2::read::GzDecoder::new(file)))
+    } else {
+        Box::new(file)
+    };
     let mut head = genesis(&name);
     let mut pos = 0u64;
     let mut buf = vec![0u8; READ_CHUNK];
@@ -246,8 +276,15 @@ pub fn verify_file(path: &Path, verifier: &CheckpointVerifier) -> Result<FileRep
             ChainLine::Link { o, n, h } => {
                 if report.blocks == 0 && o > 0 && pos == 0 {
                     // The chain began after data written by an older version.
+                    let skipped = std::io::copy(&mut (&mut data).take(o), &mut std::io::sink())?;
+                    if skipped < o {
+                        report.bytes = skipped;
+                        report.finding = Some(format!(
+                            "truncated at byte {skipped}: the chain starts at byte {o}"
+                        ));
+                        return Ok(report);
+                    }
                     pos = o;
-                    data.seek(SeekFrom::Start(o))?;
                 }
                 if o != pos {
                     report.finding = Some(format!(
@@ -256,19 +293,21 @@ pub fn verify_file(path: &Path, verifier: &CheckpointVerifier) -> Result<FileRep
                     ));
                     return Ok(report);
                 }
-                if o + n > len {
-                    report.finding = Some(format!(
-                        "truncated at byte {len}: the chain covers {} bytes",
-                        o + n
-                    ));
-                    return Ok(report);
-                }
                 let mut hasher = Sha256::new();
                 hasher.update(head);
                 let mut left = n;
                 while left > 0 {
                     let want = (left as usize).min(READ_CHUNK);
-                    data.read_exact(&mut buf[..want])?;
+                    let got = read_full(&mut data, &mut buf[..want])?;
+                    if got < want {
+                        let len = pos + (n - left) + got as u64;
+                        report.bytes = len;
+                        report.finding = Some(format!(
+                            "truncated at byte {len}: the chain covers {} bytes",
+                            o + n
+                        ));
+                        return Ok(report);
+                    }
                     hasher.update(&buf[..want]);
                     left -= want as u64;
                 }
@@ -284,6 +323,7 @@ pub fn verify_file(path: &Path, verifier: &CheckpointVerifier) -> Result<FileRep
                 head = next;
                 pos = o + n;
                 report.blocks += 1;
+                report.bytes = pos;
             }
             ChainLine::Checkpoint { c } => {
                 let claims = match verifier.verify(&c) {
@@ -309,9 +349,12 @@ pub fn verify_file(path: &Path, verifier: &CheckpointVerifier) -> Result<FileRep
             }
         }
     }
-    if len > pos {
+    let extra = std::io::copy(&mut data, &mut std::io::sink())?;
+    report.bytes = pos + extra;
+    if extra > 0 {
         report.finding = Some(format!(
-            "extended by a foreign writer: bytes {pos}..{len} are not in the chain"
+            "extended by a foreign writer: bytes {pos}..{} are not in the chain",
+            pos + extra
         ));
     }
     Ok(report)
@@ -330,13 +373,15 @@ pub fn collect(path: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
         }
     } else if let Some(data) = path.to_str().and_then(|p| p.strip_suffix(".chain")) {
         let data = PathBuf::from(data);
-        if !data.exists() && !out.contains(&data) {
+        let gzipped = PathBuf::from(format!("{}.gz", data.display()));
+        if !data.exists() && !gzipped.exists() && !out.contains(&data) {
             out.push(data);
         }
-    } else if path
-        .extension()
-        .is_some_and(|e| e == "jsonl" || e == "msgpack")
-        && !out.contains(&path.to_path_buf())
+    } else if path.to_str().is_some_and(|p| {
+        [".jsonl", ".msgpack", ".jsonl.gz", ".msgpack.gz"]
+            .iter()
+            .any(|suffix| p.ends_with(suffix))
+    }) && !out.contains(&path.to_path_buf())
     {
         out.push(path.to_path_buf());
     }

@@ -509,6 +509,16 @@ pub fn route_destination(
             );
         }
     }
+    let mut destinations = consumer
+        .context()
+        .destinations
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    for (partition, destination) in destinations.iter_mut() {
+        if let Err(e) = destination.close() {
+            warn!(destination = name, partition, "closing: {e:#}");
+        }
+    }
     Ok(())
 }
 

@@ -29,3 +29,10 @@ pub mod send;
 pub mod serve;
 pub mod sinks;
 pub mod tenants;
+
+/// Makes ring rustls's crypto provider for the whole process. rustls is built with
+/// both ring (ours) and aws-lc-rs (the S3 sink's HTTP client), and then has no default:
+/// TLS configs built without an explicit provider (tonic's) would panic. Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

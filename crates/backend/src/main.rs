@@ -523,6 +523,7 @@ fn inspect(
 }
 
 fn main() -> ExitCode {
+    logferry_backend::install_crypto_provider();
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     match run(cli) {

@@ -79,6 +79,7 @@ pub fn ensure_dev_pki(dir: &Path) -> Result<ServerPki> {
 
 /// tonic's server TLS settings for this certificate and key.
 pub fn server_tls(pki: &ServerPki) -> Result<tonic::transport::ServerTlsConfig> {
+    crate::install_crypto_provider();
     let cert = std::fs::read(&pki.cert)
         .with_context(|| format!("reading the TLS certificate `{}`", pki.cert.display()))?;
     let key = std::fs::read(&pki.key)

@@ -36,7 +36,7 @@ use crate::pki::{ServerPki, ensure_dev_pki, server_tls};
 use crate::router::{Destination, Format, Route, Router};
 use crate::sinks::{
     BasicAuth, ElasticsearchConfig, ElasticsearchSink, FileSink, LokiConfig, LokiSink,
-    PostgresConfig, PostgresSink, StdoutSink,
+    ObjectCompression, PostgresConfig, PostgresSink, Rotation, S3Config, S3Sink, StdoutSink,
 };
 use crate::tenants::DestinationSpec;
 use crate::tenants::{Registry, TenantStore};
@@ -412,13 +412,16 @@ pub struct DestinationPlan {
 #[derive(Debug, Clone)]
 pub enum SinkPlan {
     /// Files under this root.
-    File(PathBuf),
+    File(PathBuf, Rotation),
     Stdout,
     Elasticsearch(ElasticsearchConfig),
     Loki(LokiConfig),
     /// The config's `cursor` is the destination's name; a Kafka partition's sink
     /// appends `.p<N>`.
     Postgres(PostgresConfig),
+    /// The config's prefix ends with the destination's name; a Kafka partition's sink
+    /// appends `.p<N>`.
+    S3(S3Config),
 }
 
 impl SinkPlan {
@@ -469,7 +472,60 @@ impl SinkPlan {
                     .unwrap_or_else(|| PostgresConfig::DEFAULT_TABLE.to_string()),
                 cursor: name.to_string(),
             }),
-            _ => Self::File(data.join("destinations").join(name)),
+            "s3" => Self::S3(S3Config {
+                endpoint: spec.url.clone(),
+                bucket: spec.bucket.clone().unwrap_or_default(),
+                region: spec.region.clone().unwrap_or_else(|| "us-east-1".into()),
+                prefix: format!(
+                    "{}/{tenant}/{name}",
+                    spec.prefix
+                        .as_deref()
+                        .unwrap_or("logferry")
+                        .trim_matches('/')
+                ),
+                access_key_id: spec.access_key_id.clone(),
+                secret_access_key: spec
+                    .secret_access_key_file
+                    .as_deref()
+                    .map(|file| {
+                        std::fs::read_to_string(file)
+                            .map(|p| p.trim().to_string())
+                            .with_context(|| {
+                                format!(
+                                    "destination `{name}`: reading secret_access_key_file `{file}`"
+                                )
+                            })
+                    })
+                    .transpose()?,
+                compression: spec
+                    .compression
+                    .as_deref()
+                    .and_then(ObjectCompression::parse)
+                    .unwrap_or_default(),
+                batch_max_age: spec
+                    .batch_max_age
+                    .as_deref()
+                    .map(humantime::parse_duration)
+                    .transpose()?
+                    .unwrap_or(S3Config::DEFAULT_BATCH_MAX_AGE),
+            }),
+            _ => Self::File(
+                data.join("destinations").join(name),
+                Rotation {
+                    max_bytes: spec
+                        .rotate_bytes
+                        .as_deref()
+                        .map(|size| logferry_agent::config::parse_size("rotate_bytes", size))
+                        .transpose()?
+                        .unwrap_or(0),
+                    max_age: spec
+                        .rotate_age
+                        .as_deref()
+                        .map(humantime::parse_duration)
+                        .transpose()?,
+                    gzip: spec.gzip.unwrap_or(false),
+                },
+            ),
         })
     }
 }
@@ -488,7 +544,7 @@ pub fn plan_destinations(args: &ServeArgs, registry: &Registry) -> Result<Vec<De
         .collect();
     let mut plans = vec![DestinationPlan {
         name: "files".into(),
-        sink: SinkPlan::File(data.join("files")),
+        sink: SinkPlan::File(data.join("files"), Rotation::default()),
         route: Route {
             except: own,
             ..Route::default()
@@ -551,12 +607,15 @@ impl DestinationPlan {
             Format::Json => "jsonl",
         };
         let sink: Box<dyn crate::sinks::Sink> = match &self.sink {
-            SinkPlan::File(root) => Box::new(FileSink::with_suffix(
-                root.clone(),
-                Some(tokens.clone()),
-                args.chain_checkpoint_interval,
-                format!("{part}.{extension}"),
-            )),
+            SinkPlan::File(root, rotation) => Box::new(
+                FileSink::with_suffix(
+                    root.clone(),
+                    Some(tokens.clone()),
+                    args.chain_checkpoint_interval,
+                    format!("{part}.{extension}"),
+                )
+                .with_rotation(*rotation),
+            ),
             SinkPlan::Stdout => Box::new(StdoutSink),
             SinkPlan::Elasticsearch(config) => Box::new(ElasticsearchSink::new(config.clone())),
             SinkPlan::Loki(config) => Box::new(LokiSink::new(config.clone())),
@@ -564,6 +623,10 @@ impl DestinationPlan {
                 cursor: format!("{}{part}", config.cursor),
                 ..config.clone()
             })),
+            SinkPlan::S3(config) => Box::new(S3Sink::new(S3Config {
+                prefix: format!("{}{part}", config.prefix),
+                ..config.clone()
+            })?),
         };
         Ok(Destination::open(
             &format!("{}{part}", self.name),

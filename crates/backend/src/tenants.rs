@@ -23,10 +23,13 @@
 //!       batches_per_sec: 500
 //!     destinations:              # optional; absent: the shared `files` destination
 //!       - name: audit            #   same charset as tenant names, unique per tenant
-//!         type: file             #   file | stdout | elasticsearch | loki | postgres
+//!         type: file             #   file | stdout | elasticsearch | loki | postgres | s3
 //!         match: "audit.*"       #   tag glob (`*`, `?`, `[...]`), default "*"
 //!         access_keys: [ak_web]  #   default: every key of the tenant
 //!         format: json           #   json (JSON lines) | msgpack (the raw events, file only)
+//!         rotate_bytes: 256M     #   file: a new file once one holds this much, or
+//!         rotate_age: 1h         #   once this backend has written to it this long
+//!         gzip: true             #   file: gzip closed files (needs a rotate_* setting)
 //!       - name: search
 //!         type: elasticsearch    #   bulk API, deterministic _id
 //!         url: https://es:9200
@@ -44,6 +47,16 @@
 //!         url: postgresql://logferry@db:5432/logs
 //!         table: logferry_records   # default; created if missing
 //!         password_file: /run/secrets/pg
+//!       - name: archive
+//!         type: s3               #   one NDJSON object per step
+//!         url: http://minio:9000 #   optional: an S3-compatible endpoint; default AWS
+//!         bucket: logs
+//!         region: us-east-1      #   default
+//!         prefix: logferry       #   default; objects under <prefix>/<tenant>/<destination>/
+//!         access_key_id: AKIA... #   optional, with secret_access_key_file;
+//!         secret_access_key_file: /run/secrets/s3   # default the AWS_* environment
+//!         compression: zstd      #   zstd | gzip | none
+//!         batch_max_age: 10s     #   the least time between two objects
 //! ```
 //!
 //! Destinations are read at start; changing them needs a restart (a reload that
@@ -88,7 +101,7 @@ pub struct TenantSpec {
 #[serde(deny_unknown_fields)]
 pub struct DestinationSpec {
     pub name: String,
-    /// `file`, `stdout`, `elasticsearch`, `loki` or `postgres`.
+    /// `file`, `stdout`, `elasticsearch`, `loki`, `postgres` or `s3`.
     #[serde(rename = "type")]
     pub kind: String,
     /// Tag glob, as Fluent Bit's `Match`; default `*`.
@@ -100,7 +113,8 @@ pub struct DestinationSpec {
     /// `json` (default) or `msgpack` (file only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
-    /// elasticsearch, loki: base URL; postgres: connection URL.
+    /// elasticsearch, loki: base URL; postgres: connection URL; s3: the endpoint of
+    /// S3-compatible storage (default AWS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// elasticsearch: the index; default `logferry-<tenant>`.
@@ -124,6 +138,37 @@ pub struct DestinationSpec {
     /// elasticsearch, loki, postgres: a file holding the password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<String>,
+    /// s3: the bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+    /// s3: the region; default `us-east-1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// s3: the key prefix; default `logferry`. Objects go under
+    /// `<prefix>/<tenant>/<destination>/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// s3: the access key id; default the `AWS_*` environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    /// s3: a file holding the secret access key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key_file: Option<String>,
+    /// s3: `zstd` (default), `gzip` or `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<String>,
+    /// s3: the least time between two objects, like `10s` (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_max_age: Option<String>,
+    /// file: start a new file once one holds this much, like `256M`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate_bytes: Option<String>,
+    /// file: start a new file once this backend has written to one for this long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate_age: Option<String>,
+    /// file: gzip closed files (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gzip: Option<bool>,
 }
 
 impl DestinationSpec {
@@ -138,6 +183,19 @@ impl DestinationSpec {
             ("org_id", self.org_id.is_some()),
             ("username", self.username.is_some()),
             ("password_file", self.password_file.is_some()),
+            ("bucket", self.bucket.is_some()),
+            ("region", self.region.is_some()),
+            ("prefix", self.prefix.is_some()),
+            ("access_key_id", self.access_key_id.is_some()),
+            (
+                "secret_access_key_file",
+                self.secret_access_key_file.is_some(),
+            ),
+            ("compression", self.compression.is_some()),
+            ("batch_max_age", self.batch_max_age.is_some()),
+            ("rotate_bytes", self.rotate_bytes.is_some()),
+            ("rotate_age", self.rotate_age.is_some()),
+            ("gzip", self.gzip.is_some()),
         ]
         .into_iter()
         .filter_map(|(name, set)| set.then_some(name))
@@ -364,7 +422,8 @@ fn check_destinations(tenant: &TenantSpec) -> Result<()> {
         }
         let what = format!("destination `{}`", spec.name);
         let allowed: &[&str] = match spec.kind.as_str() {
-            "file" | "stdout" => &[],
+            "file" => &["rotate_bytes", "rotate_age", "gzip"],
+            "stdout" => &[],
             "elasticsearch" => &["url", "index", "username", "password_file"],
             "loki" => &[
                 "url",
@@ -375,10 +434,49 @@ fn check_destinations(tenant: &TenantSpec) -> Result<()> {
                 "password_file",
             ],
             "postgres" => &["url", "table", "password_file"],
+            "s3" => &[
+                "url",
+                "bucket",
+                "region",
+                "prefix",
+                "access_key_id",
+                "secret_access_key_file",
+                "compression",
+                "batch_max_age",
+            ],
             other => bail!(
-                "{what}: type `{other}` is not one of file, stdout, elasticsearch, loki, postgres"
+                "{what}: type `{other}` is not one of file, stdout, elasticsearch, loki, \
+                 postgres, s3"
             ),
         };
+        if let Some(size) = &spec.rotate_bytes {
+            logferry_agent::config::parse_size("rotate_bytes", size)
+                .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+        }
+        if let Some(age) = &spec.rotate_age {
+            humantime::parse_duration(age)
+                .map_err(|e| anyhow::anyhow!("{what}: rotate_age `{age}`: {e}"))?;
+        }
+        if spec.gzip == Some(true) && spec.rotate_bytes.is_none() && spec.rotate_age.is_none() {
+            bail!("{what}: `gzip` compresses closed files; set rotate_bytes or rotate_age");
+        }
+        if spec.kind == "s3" {
+            if spec.bucket.is_none() {
+                bail!("{what}: type `s3` needs `bucket`");
+            }
+            if spec.access_key_id.is_some() != spec.secret_access_key_file.is_some() {
+                bail!("{what}: `access_key_id` and `secret_access_key_file` go together");
+            }
+            if let Some(c) = &spec.compression
+                && crate::sinks::ObjectCompression::parse(c).is_none()
+            {
+                bail!("{what}: compression `{c}` is not one of zstd, gzip, none");
+            }
+            if let Some(age) = &spec.batch_max_age {
+                humantime::parse_duration(age)
+                    .map_err(|e| anyhow::anyhow!("{what}: batch_max_age `{age}`: {e}"))?;
+            }
+        }
         if let Some(field) = spec
             .sink_fields()
             .into_iter()
@@ -386,7 +484,7 @@ fn check_destinations(tenant: &TenantSpec) -> Result<()> {
         {
             bail!("{what}: `{field}` does not apply to type `{}`", spec.kind);
         }
-        if allowed.contains(&"url") && spec.url.is_none() {
+        if allowed.contains(&"url") && spec.kind != "s3" && spec.url.is_none() {
             bail!("{what}: type `{}` needs `url`", spec.kind);
         }
         if let Some(table) = &spec.table
@@ -602,9 +700,9 @@ tenants:
             .is_ok()
         );
         assert_eq!(
-            err("      - {name: a, type: s3}\n"),
-            "in the destinations of tenant `acme`: destination `a`: type `s3` is not one of \
-             file, stdout, elasticsearch, loki, postgres"
+            err("      - {name: a, type: gcs}\n"),
+            "in the destinations of tenant `acme`: destination `a`: type `gcs` is not one of \
+             file, stdout, elasticsearch, loki, postgres, s3"
         );
         assert!(
             Registry::parse(&format!(
@@ -613,6 +711,26 @@ tenants:
                  \x20     - {{name: p, type: postgres, url: \"postgresql://db/logs\", table: t_1}}\n"
             ))
             .is_ok()
+        );
+        assert!(err("      - {name: a, type: s3}\n").ends_with("type `s3` needs `bucket`"));
+        assert!(
+            err("      - {name: a, type: file, gzip: true}\n")
+                .ends_with("`gzip` compresses closed files; set rotate_bytes or rotate_age")
+        );
+        assert!(
+            err("      - {name: a, type: file, rotate_age: soon}\n").contains("rotate_age `soon`")
+        );
+        assert!(
+            err("      - {name: a, type: stdout, rotate_bytes: 1M}\n")
+                .ends_with("`rotate_bytes` does not apply to type `stdout`")
+        );
+        assert!(
+            err("      - {name: a, type: s3, bucket: b, compression: lz4}\n")
+                .ends_with("compression `lz4` is not one of zstd, gzip, none")
+        );
+        assert!(
+            err("      - {name: a, type: s3, bucket: b, access_key_id: x}\n")
+                .ends_with("`access_key_id` and `secret_access_key_file` go together")
         );
         assert!(
             err("      - {name: a, type: elasticsearch}\n")

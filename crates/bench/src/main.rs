@@ -117,11 +117,12 @@ enum Scenario {
     Buffer,
     /// The agent load through Kafka (ingest -> tansu -> route) vs through `serve`.
     Kafka,
-    /// Each sink draining the same backlog: file, Elasticsearch, Loki, PostgreSQL.
+    /// Each sink draining the same backlog: file, Elasticsearch, Loki, PostgreSQL, S3.
     Sinks,
 }
 
 fn main() -> std::process::ExitCode {
+    logferry_backend::install_crypto_provider();
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

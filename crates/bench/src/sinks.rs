@@ -1,6 +1,6 @@
 //! `sinks`: how fast each sink drains the same backlog.
 //!
-//! For each sink (file, Elasticsearch, Loki, PostgreSQL), one `logferry serve` whose
+//! For each sink (file, Elasticsearch, Loki, PostgreSQL, S3), one `logferry serve` whose
 //! only tenant has one destination of that type. The destination is blocked while the
 //! agent streams the load, so the buffer holds all of it. Then the backend stops, the
 //! sink is unblocked, and the backend starts again: the drain is timed from just before
@@ -9,7 +9,9 @@
 //! new process. Every sink ends holding exactly the records sent, or the scenario
 //! fails. The file sink is the baseline.
 //!
-//! PostgreSQL is the real server (Debian's package). Elasticsearch and Loki are the
+//! PostgreSQL is the real server (Debian's package), S3 is `s3s-fs` (a real S3-protocol
+//! server on the file system; both are separate processes whose CPU is not counted).
+//! Elasticsearch and Loki are the
 //! in-test servers of `tests/e2e` (neither product can be installed here), running in
 //! this process: their CPU is not in the backend's figure, and they hold every
 //! document in memory, so keep `--sink-mb` moderate.
@@ -18,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use logferry_e2e::sinks::{Elasticsearch, Loki, Postgres};
+use logferry_e2e::sinks::{Elasticsearch, Loki, Postgres, S3Server};
 
 use crate::backend::Backend;
 use crate::end_to_end;
@@ -81,8 +83,8 @@ impl SinkResults {
         }
         table.print();
         println!(
-            "  raw MB = the msgpack chunks sent; Elasticsearch and Loki are in-process test \
-             servers (their CPU is not counted)"
+            "  raw MB = the msgpack chunks sent; backend CPU only: Elasticsearch and Loki are \
+             in-process test servers, PostgreSQL and s3s-fs separate processes"
         );
     }
 }
@@ -93,6 +95,8 @@ enum FarSide {
     Elasticsearch(Elasticsearch),
     Loki(Loki),
     Postgres(Postgres),
+    /// The server and the file holding its secret key.
+    S3(S3Server, PathBuf),
 }
 
 impl FarSide {
@@ -102,6 +106,7 @@ impl FarSide {
             Self::Elasticsearch(_) => "elasticsearch",
             Self::Loki(_) => "loki",
             Self::Postgres(_) => "postgres",
+            Self::S3(..) => "s3",
         }
     }
 
@@ -111,6 +116,14 @@ impl FarSide {
             Self::Elasticsearch(es) => format!("type: elasticsearch\n        url: {}", es.url()),
             Self::Loki(loki) => format!("type: loki\n        url: {}", loki.url()),
             Self::Postgres(pg) => format!("type: postgres\n        url: {}", pg.url()),
+            Self::S3(s3, secret) => format!(
+                "type: s3\n        url: {}\n        bucket: {}\n        access_key_id: {}\n        \
+                 secret_access_key_file: {}\n        batch_max_age: 1s",
+                s3.url(),
+                S3Server::BUCKET,
+                S3Server::ACCESS_KEY,
+                secret.display()
+            ),
         }
     }
 
@@ -125,6 +138,7 @@ impl FarSide {
             Self::Elasticsearch(es) => es.set_down(true),
             Self::Loki(loki) => loki.set_down(true),
             Self::Postgres(pg) => pg.stop(),
+            Self::S3(s3, _) => s3.stop(),
         }
         Ok(())
     }
@@ -135,6 +149,7 @@ impl FarSide {
             Self::Elasticsearch(es) => es.set_down(false),
             Self::Loki(loki) => loki.set_down(false),
             Self::Postgres(pg) => pg.restart(),
+            Self::S3(s3, _) => s3.restart(),
         }
         Ok(())
     }
@@ -150,6 +165,7 @@ impl FarSide {
                 state.entries.len() + state.duplicates
             }
             Self::Postgres(pg) => pg.count("logferry_records"),
+            Self::S3(s3, _) => s3.lines().0.len(),
         }) as u64
     }
 }
@@ -169,11 +185,14 @@ pub fn run(
     chunk: &BenchChunk,
     total_bytes: u64,
 ) -> Result<SinkResults> {
+    let secret = work_dir.join("s3-secret");
+    std::fs::write(&secret, S3Server::SECRET_KEY)?;
     let sides = vec![
         FarSide::File,
         FarSide::Elasticsearch(Elasticsearch::start(0)),
         FarSide::Loki(Loki::start(0)),
         FarSide::Postgres(Postgres::start()),
+        FarSide::S3(S3Server::start(), secret),
     ];
     let mut runs = Vec::new();
     for side in sides {

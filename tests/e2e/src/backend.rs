@@ -63,6 +63,7 @@ impl Credentials {
         &self,
         identity: Option<tonic::transport::Identity>,
     ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+        logferry_backend::install_crypto_provider();
         let ca = std::fs::read(&self.ca_file).expect("the development CA");
         let mut tls = tonic::transport::ClientTlsConfig::new()
             .ca_certificate(tonic::transport::Certificate::from_pem(ca))

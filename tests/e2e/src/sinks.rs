@@ -588,3 +588,138 @@ impl Drop for Postgres {
         }
     }
 }
+
+/// An S3-compatible server: `s3s-fs` from crates.io (`cargo install s3s-fs --features
+/// binary`, which `.ci/run` does), storing objects as files under a temporary
+/// directory, with one bucket and a fixed key pair.
+#[derive(Debug)]
+pub struct S3Server {
+    root: tempfile::TempDir,
+    bin: PathBuf,
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl S3Server {
+    pub const BUCKET: &str = "logs";
+    pub const ACCESS_KEY: &str = "logferry-test";
+    pub const SECRET_KEY: &str = "logferry-test-secret";
+
+    fn bin() -> PathBuf {
+        if let Some(bin) = std::env::var_os("S3S_FS_BIN") {
+            return PathBuf::from(bin);
+        }
+        let on_path = std::env::var_os("PATH")
+            .into_iter()
+            .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .map(|dir| dir.join("s3s-fs"));
+        let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/s3s-fs"));
+        on_path
+            .chain(home)
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| {
+                panic!(
+                    "no s3s-fs binary: `cargo install s3s-fs --version 0.14.1 --locked --features \
+                 binary` (.ci/run does), or set S3S_FS_BIN"
+                )
+            })
+    }
+
+    pub fn start() -> Self {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join(Self::BUCKET)).unwrap();
+        let mut server = Self {
+            root,
+            bin: Self::bin(),
+            child: None,
+            port: crate::backend::free_port(),
+        };
+        server.run();
+        server
+    }
+
+    fn run(&mut self) {
+        let child = Command::new(&self.bin)
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args([
+                "--access-key",
+                Self::ACCESS_KEY,
+                "--secret-key",
+                Self::SECRET_KEY,
+            ])
+            .arg(self.root.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn s3s-fs");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "s3s-fs did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        self.run();
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The bucket's objects whose names end with `suffix`, by key.
+    pub fn objects(&self, suffix: &str) -> BTreeMap<String, Vec<u8>> {
+        fn walk(dir: &Path, root: &Path, suffix: &str, out: &mut BTreeMap<String, Vec<u8>>) {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    walk(&path, root, suffix, out);
+                } else if path.to_string_lossy().ends_with(suffix) {
+                    let key = path
+                        .strip_prefix(root)
+                        .unwrap()
+                        .to_string_lossy()
+                        .to_string();
+                    if let Ok(bytes) = std::fs::read(&path) {
+                        out.insert(key, bytes);
+                    }
+                }
+            }
+        }
+        let bucket = self.root.path().join(Self::BUCKET);
+        let mut out = BTreeMap::new();
+        walk(&bucket, &bucket, suffix, &mut out);
+        out
+    }
+
+    /// Every line of the zstd NDJSON objects, and how many objects there are.
+    pub fn lines(&self) -> (Vec<String>, usize) {
+        let objects = self.objects(".ndjson.zst");
+        let mut lines = Vec::new();
+        for bytes in objects.values() {
+            let text = zstd::decode_all(&bytes[..]).expect("a zstd object");
+            lines.extend(
+                String::from_utf8(text)
+                    .expect("UTF-8 NDJSON")
+                    .lines()
+                    .map(str::to_string),
+            );
+        }
+        (lines, objects.len())
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

@@ -1,8 +1,9 @@
-//! Four destinations of one tenant (file, Elasticsearch, Loki, PostgreSQL), each
+//! Five destinations of one tenant (file, Elasticsearch, Loki, PostgreSQL, S3), each
 //! with exactly the input records after ten SIGKILLs of the backend, each with its
 //! own refusals in its own dead letters, and one that is down holding back no other.
 //!
-//! PostgreSQL is the real server from Debian's packages. Elasticsearch and Loki are
+//! PostgreSQL is the real server from Debian's packages, S3 is `s3s-fs` from
+//! crates.io (a real S3-protocol server on the file system). Elasticsearch and Loki are
 //! in-test HTTP servers that check every request against the documented API
 //! ([`logferry_e2e::sinks`]): neither can be installed on this machine.
 
@@ -13,7 +14,7 @@ use fluent_bit_sys::FLB_OK;
 use logferry_backend::auth::TokenAuthority;
 use logferry_e2e::backend::{Backend, Credentials, backend_bin, free_port, read_jsonl_tree};
 use logferry_e2e::host::Host;
-use logferry_e2e::sinks::{Elasticsearch, LOKI_MAX_LINE, Loki, Postgres};
+use logferry_e2e::sinks::{Elasticsearch, LOKI_MAX_LINE, Loki, Postgres, S3Server};
 use logferry_e2e::{expected_records, fixture, plugin_path, without_origin};
 use rand::Rng;
 use serde_json::{Value, json};
@@ -122,15 +123,33 @@ fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// Credentials of tenant `acme`'s key `ak_a` on `backend`.
+fn acme_credentials(backend: &Backend, data: &Path) -> Credentials {
+    let authority = TokenAuthority::load_or_create(&data.join("keys")).unwrap();
+    Credentials {
+        access_key: "ak_a".into(),
+        access_token: authority
+            .issue("acme", "ak_a", Duration::from_secs(3600))
+            .unwrap()
+            .0,
+        ..backend.credentials()
+    }
+}
+
 #[test]
-fn four_destinations_each_get_every_record_once_across_ten_sigkills() {
+fn five_destinations_each_get_every_record_once_across_ten_sigkills() {
     // Copies of the big fixture: one before the kills, one before each kill (so each
-    // kill interrupts work), one during the Elasticsearch outage.
-    const COPIES: usize = 11;
+    // kill interrupts work), one with every sink up (the baseline), one during the
+    // outage of Elasticsearch and S3.
+    const COPIES: usize = 12;
     const KILLS: usize = 10;
     let es = Elasticsearch::start(40);
     let loki = Loki::start(3);
     let pg = Postgres::start();
+    let mut s3 = S3Server::start();
+    let secrets = tempfile::tempdir().unwrap();
+    let s3_secret = secrets.path().join("s3-secret");
+    std::fs::write(&s3_secret, format!("{}\n", S3Server::SECRET_KEY)).unwrap();
     let registry = format!(
         "\
 tenants:
@@ -152,24 +171,27 @@ tenants:
       - name: db
         type: postgres
         url: {pg}
+      - name: archive
+        type: s3
+        url: {s3}
+        bucket: {bucket}
+        access_key_id: {access_key}
+        secret_access_key_file: {secret}
+        batch_max_age: 1s
 ",
         es = es.url(),
         loki = loki.url(),
-        pg = pg.url()
+        pg = pg.url(),
+        s3 = s3.url(),
+        bucket = S3Server::BUCKET,
+        access_key = S3Server::ACCESS_KEY,
+        secret = s3_secret.display(),
     );
     let data = tempfile::tempdir().unwrap();
     std::fs::write(data.path().join("tenants.yaml"), &registry).unwrap();
     let port = free_port();
     let mut backend = Backend::start(data.path(), port, &[]);
-    let authority = TokenAuthority::load_or_create(&data.path().join("keys")).unwrap();
-    let credentials = Credentials {
-        access_key: "ak_a".into(),
-        access_token: authority
-            .issue("acme", "ak_a", Duration::from_secs(3600))
-            .unwrap()
-            .0,
-        ..backend.credentials()
-    };
+    let credentials = acme_credentials(&backend, data.path());
 
     // Records each far side refuses for good, one per sink.
     let (probe, probe_expected) = chunk_of(
@@ -182,6 +204,7 @@ tenants:
         ],
     );
     let (big, parsed) = (fixture(BIG), fixture("tail-json-parsed"));
+    let big_records = expected_records(&big, "x").len();
     let mut expected: Vec<Value> = Vec::new();
     let mut tagged = |tag: &str, records: Vec<Value>| {
         expected.extend(records.into_iter().map(|mut r| {
@@ -229,42 +252,75 @@ tenants:
         backend = Backend::start(data.path(), port, &[]);
     }
 
-    // Elasticsearch goes down; the others keep going and finish without it.
-    es.set_down(true);
-    assert_eq!(instance.flush(&format!("big.{COPIES}"), &big.chunk), FLB_OK);
-    let want = total - 1; // each sink refuses one probe record
-    let started = Instant::now();
+    let want = total - 1; // each sink but S3 and file refuses one probe record
+    let others_hold = |copies: usize| {
+        let n = total - (COPIES - copies) * big_records;
+        logferry_e2e::backend::count_jsonl_lines(&files) == n
+            && loki.count() == n - 1
+            && rows(&pg) == n - 1
+    };
+    // The baseline: one copy with every sink up, once all have caught up.
+    let s3_lines = |s3: &S3Server| s3.lines().0.len();
+    let caught_up_but = |copies: usize| {
+        let n = total - copies * big_records;
+        others_hold(COPIES - copies) && es.count() == n - 1 && s3_lines(&s3) == n
+    };
     wait_for(
-        "file, Loki and PostgreSQL while Elasticsearch is down",
+        "every sink to catch up after the kills",
         Duration::from_secs(120),
-        || {
-            logferry_e2e::backend::count_jsonl_lines(&files) == total
-                && loki.count() == want
-                && rows(&pg) == want
-        },
+        || caught_up_but(2),
     );
-    let others_took = started.elapsed();
+    assert_eq!(
+        instance.flush(&format!("big.{}", COPIES - 1), &big.chunk),
+        FLB_OK
+    );
+    let started = Instant::now();
+    wait_for("the baseline copy", Duration::from_secs(120), || {
+        others_hold(COPIES - 1)
+    });
+    let baseline = started.elapsed();
+    wait_for(
+        "the baseline copy in every sink",
+        Duration::from_secs(60),
+        || caught_up_but(1),
+    );
+
+    // Elasticsearch and S3 go down for 30 s; the others keep going and finish the next
+    // copy without them.
+    es.set_down(true);
+    s3.stop();
+    let outage = Instant::now();
+    assert_eq!(instance.flush(&format!("big.{COPIES}"), &big.chunk), FLB_OK);
+    wait_for(
+        "file, Loki and PostgreSQL while Elasticsearch and S3 are down",
+        Duration::from_secs(120),
+        || others_hold(COPIES),
+    );
+    let others_took = outage.elapsed();
     assert!(
         es.count() < want,
         "Elasticsearch was down: it holds {} of {want}",
         es.count()
     );
     wait_for(
-        "the Elasticsearch destination's error",
-        Duration::from_secs(10),
+        "the Elasticsearch and S3 destinations' errors",
+        Duration::from_secs(30),
         || {
-            backend
-                .stderr()
-                .iter()
-                .any(|l| l.contains("acme.search") && l.contains("delivery failed"))
+            let log = backend.stderr();
+            ["acme.search", "acme.archive"].iter().all(|d| {
+                log.iter()
+                    .any(|l| l.contains(d) && l.contains("delivery failed"))
+            })
         },
     );
+    std::thread::sleep(Duration::from_secs(30).saturating_sub(outage.elapsed()));
     es.set_down(false);
+    s3.restart();
     let started = Instant::now();
     wait_for(
-        "Elasticsearch to catch up",
+        "Elasticsearch and S3 to catch up",
         Duration::from_secs(120),
-        || es.count() == want,
+        || es.count() == want && s3_lines(&s3) == total,
     );
     let caught_up = started.elapsed();
     std::thread::sleep(Duration::from_millis(500));
@@ -338,6 +394,25 @@ tenants:
             .iter()
             .all(|e| e.labels["tenant"] == "acme")
     );
+    // S3: every record once, in objects named by their offset range.
+    let (lines, objects) = s3.lines();
+    assert_same(
+        "the S3 destination",
+        &canonical(
+            lines
+                .iter()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap()),
+        ),
+        &want_all,
+    );
+    let keys = s3.objects(".ndjson.zst");
+    assert!(
+        keys.keys()
+            .all(|k| k.starts_with("logferry/acme/acme.archive/dt=")),
+        "{:?}",
+        keys.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(s3.objects("_checkpoint.json").len(), 1);
     let mut client = pg.client();
     let db: Vec<Value> = client
         .query(
@@ -443,11 +518,16 @@ tenants:
             .any(|l| l.contains("acme.search") && l.contains("delivering again")),
         "the Elasticsearch destination says it recovered"
     );
+    assert!(dead_letters(data.path(), "acme.archive").is_empty());
     eprintln!(
         "{total} records; Elasticsearch re-sends overwritten: {}, 429 items retried: {}; \
-         Loki duplicates dropped: {}; the others finished {others_took:?} into the \
-         Elasticsearch outage; it caught up in {caught_up:?}",
-        es_state.overwrites, es_state.rejected_for_now, loki_state.duplicates
+         Loki duplicates dropped: {}; S3: {objects} objects; file, Loki and PostgreSQL took \
+         {baseline:?} for a copy with every sink up and {others_took:?} with Elasticsearch \
+         and S3 down ({:.2}x); those two caught up in {caught_up:?}",
+        es_state.overwrites,
+        es_state.rejected_for_now,
+        loki_state.duplicates,
+        others_took.as_secs_f64() / baseline.as_secs_f64()
     );
 }
 
@@ -480,15 +560,7 @@ tenants:
     .unwrap();
     let port = free_port();
     let backend = Backend::start(data.path(), port, &[]);
-    let authority = TokenAuthority::load_or_create(&data.path().join("keys")).unwrap();
-    let credentials = Credentials {
-        access_key: "ak_a".into(),
-        access_token: authority
-            .issue("acme", "ak_a", Duration::from_secs(3600))
-            .unwrap()
-            .0,
-        ..backend.credentials()
-    };
+    let credentials = acme_credentials(&backend, data.path());
     let parsed = fixture("tail-json-parsed");
     let n = expected_records(&parsed, "x").len();
     let spool = tempfile::tempdir().unwrap();

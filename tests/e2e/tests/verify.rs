@@ -128,3 +128,58 @@ fn verify_passes_on_sink_files_and_fails_on_a_changed_byte() {
     let from: usize = from.parse().unwrap();
     assert!(from <= at && at < to, "{finding} (changed byte {at})");
 }
+
+/// A clean stop signs what the last checkpoint interval left unsigned.
+#[test]
+fn a_clean_stop_signs_the_tail_of_every_file() {
+    let data = tempfile::tempdir().unwrap();
+    let backend = Backend::start(data.path(), 0, &["--chain-checkpoint-interval", "1h"]);
+    // Two sends, two steps: the first commit signs, the second (inside the hour) not.
+    for (round, lines) in [(0, 1000), (1, 2000)] {
+        let mut send = Command::new(backend_bin())
+            .args(["send", "-", "--tag", "audit"])
+            .envs(backend.credentials_env())
+            .stdin(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdin = send.stdin.take().unwrap();
+        for n in 0..1000 {
+            writeln!(stdin, "round {round} line {n}").unwrap();
+        }
+        drop(stdin);
+        assert!(send.wait().unwrap().success());
+        wait_for_lines(data.path(), lines, Duration::from_secs(30));
+    }
+    let verify = || {
+        let out = Command::new(backend_bin())
+            .arg("verify")
+            .arg("--data-dir")
+            .arg(data.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let file = std::fs::read_dir(data.path().join("files/dev"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let key = file.file_name().unwrap().to_string_lossy().to_string();
+    let len = std::fs::metadata(file.join(format!("{key}.jsonl")))
+        .unwrap()
+        .len();
+    let before = verify();
+    assert!(
+        !before.contains(&format!("signed up to byte {len}\n")),
+        "the second step is not signed yet: {before}"
+    );
+    backend.stop();
+    let after = verify();
+    assert!(
+        after.contains(&format!("signed up to byte {len}\n")),
+        "{after}"
+    );
+}

@@ -92,6 +92,8 @@ pub struct Destination {
     resumed: bool,
     /// Whether the checkpoint has been compared with the one the sink stores, if any.
     synced: bool,
+    /// Whether the last step read about as much as a step may: more is waiting.
+    backlog: bool,
 }
 
 impl std::fmt::Debug for Destination {
@@ -138,6 +140,7 @@ impl Destination {
             format: Format::Json,
             resumed,
             synced: false,
+            backlog: false,
         };
         destination
             .recover()
@@ -201,6 +204,8 @@ impl Destination {
         let Some(last) = records.last().map(|r| r.offset) else {
             return Ok(0);
         };
+        let read: usize = records.iter().map(|r| r.payload.len()).sum();
+        self.backlog = read >= STEP_BYTES / 2;
         self.deliver(&records, last + 1)
     }
 
@@ -253,6 +258,17 @@ impl Destination {
         }
     }
 
+    /// Ends the destination at shutdown: one last empty step in which the sink may
+    /// seal what it wrote (the file sink signs a checkpoint of every chain), so a
+    /// clean stop leaves nothing unsigned.
+    pub fn close(&mut self) -> Result<()> {
+        if !self.resumed || !self.sink.prepare_close() {
+            return Ok(());
+        }
+        let next = self.checkpoint.next_offset;
+        self.deliver(&[], next).map(|_| ())
+    }
+
     /// Adopts the checkpoint a sink stored with its data when it differs from the
     /// local file (a crash between the two, or a failed step whose commit landed).
     fn sync_with_sink(&mut self) -> Result<()> {
@@ -279,6 +295,7 @@ impl Destination {
                     self.checkpoint.next_offset
                 );
             }
+            self.sink.recover(&stored.sink)?;
             self.dead.recover(&stored.dead_letter)?;
             stored.store(&self.checkpoint_path)?;
             self.checkpoint = stored;
@@ -475,29 +492,44 @@ impl Destination {
 }
 
 /// Runs a destination until shutdown: waits for durable records, steps, retries
-/// failures with capped exponential backoff.
+/// failures with capped exponential backoff; at shutdown, closes it.
 pub(super) async fn run(
     destination: Destination,
     log: Arc<EmbeddedLog>,
     done: Arc<AtomicU64>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
+    let Some(mut destination) = run_steps(destination, log, done, shutdown).await else {
+        return;
+    };
+    let name = destination.name().to_string();
+    match tokio::task::spawn_blocking(move || destination.close()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(destination = %name, "closing: {e:#}"),
+        Err(e) => warn!(destination = %name, "closing: {e}"),
+    }
+}
+
+/// The step loop of [`run`]; hands the destination back at shutdown (`None` if a
+/// step panicked).
+async fn run_steps(
+    destination: Destination,
+    log: Arc<EmbeddedLog>,
+    done: Arc<AtomicU64>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Option<Destination> {
     let mut durable = log.subscribe();
-    let mut slot = Some(destination);
+    let mut destination = destination;
     let mut delay = Duration::from_millis(100);
     let mut failing = false;
     loop {
         if *shutdown.borrow() {
-            return;
+            return Some(destination);
         }
-        let Some(mut destination) = slot.take() else {
-            return;
-        };
         if *durable.borrow_and_update() <= destination.next_offset() {
-            slot = Some(destination);
             tokio::select! {
-                changed = durable.changed() => if changed.is_err() { return },
-                _ = shutdown.wait_for(|down| *down) => return,
+                changed = durable.changed() => if changed.is_err() { return Some(destination) },
+                _ = shutdown.wait_for(|down| *down) => return Some(destination),
             }
             continue;
         }
@@ -507,10 +539,11 @@ pub(super) async fn run(
             (destination, result)
         })
         .await;
-        let Ok((destination, result)) = joined else {
+        let Ok((stepped, result)) = joined else {
             error!("a destination task panicked; it stops here");
-            return;
+            return None;
         };
+        destination = stepped;
         done.store(destination.next_offset(), Ordering::Release);
         destination
             .metrics
@@ -523,6 +556,15 @@ pub(super) async fn run(
                 }
                 failing = false;
                 delay = Duration::from_millis(100);
+                // A sink that batches by time waits before its next step, unless a
+                // backlog is waiting.
+                let interval = destination.sink.step_interval();
+                if !interval.is_zero() && !destination.backlog {
+                    tokio::select! {
+                        _ = tokio::time::sleep(interval) => {}
+                        _ = shutdown.wait_for(|down| *down) => return Some(destination),
+                    }
+                }
             }
             Err(e) => {
                 if !failing {
@@ -531,11 +573,10 @@ pub(super) async fn run(
                 failing = true;
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.wait_for(|down| *down) => return,
+                    _ = shutdown.wait_for(|down| *down) => return Some(destination),
                 }
                 delay = (delay * 2).min(Duration::from_secs(30));
             }
         }
-        slot = Some(destination);
     }
 }

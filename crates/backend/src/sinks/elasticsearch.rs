@@ -36,20 +36,10 @@ impl ElasticsearchConfig {
     pub const DEFAULT_BULK_MAX_BYTES: usize = 5 << 20;
 }
 
-/// Where a record came from, shared by the records of one chunk.
-#[derive(Debug)]
-struct Origin {
-    tenant: String,
-    access_key: String,
-    agent: String,
-    seq: u64,
-    tag: String,
-    offset: u64,
-}
-
 #[derive(Debug)]
 struct Item {
-    origin: Arc<Origin>,
+    /// Shared by the records of one chunk.
+    origin: Arc<Rejected>,
     index: usize,
     line: Vec<u8>,
 }
@@ -60,18 +50,7 @@ impl Item {
     }
 
     fn rejected(&self, reason: String) -> Rejected {
-        let o = &self.origin;
-        Rejected {
-            tenant: o.tenant.clone(),
-            access_key: o.access_key.clone(),
-            agent: o.agent.clone(),
-            seq: o.seq,
-            tag: o.tag.clone(),
-            offset: o.offset,
-            index: self.index,
-            reason,
-            line: self.line.clone(),
-        }
+        self.origin.at(self.index, &self.line, reason)
     }
 }
 
@@ -232,14 +211,7 @@ impl Sink for ElasticsearchSink {
     }
 
     fn write(&mut self, chunk: &Chunk<'_>) -> Result<()> {
-        let origin = Arc::new(Origin {
-            tenant: chunk.tenant.to_string(),
-            access_key: chunk.access_key.to_string(),
-            agent: chunk.agent.to_string(),
-            seq: chunk.seq,
-            tag: chunk.tag.to_string(),
-            offset: chunk.offset,
-        });
+        let origin = Arc::new(Rejected::origin(chunk));
         for (index, line) in chunk.lines() {
             self.bytes += line.len();
             self.items.push(Item {

@@ -22,10 +22,35 @@ use crate::router::Checkpoint;
 /// How much of a chain file's end is read to resume it.
 const RESUME_TAIL: u64 = 64 << 10;
 
+/// When the file sink starts a new file for an access key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rotation {
+    /// Once a file holds this many bytes; 0: never.
+    pub max_bytes: u64,
+    /// Once this backend has written to a file for this long.
+    pub max_age: Option<Duration>,
+    /// Compress closed files to `.gz` (their chains stay as they are).
+    pub gzip: bool,
+}
+
+impl Rotation {
+    fn enabled(&self) -> bool {
+        self.max_bytes > 0 || self.max_age.is_some()
+    }
+}
+
 pub struct FileSink {
     /// File name suffix: `.jsonl`, `.msgpack` for raw events, `.p<N>.jsonl` for a
     /// Kafka partition's files.
     suffix: String,
+    rotation: Rotation,
+    /// Per `(tenant, access key)`: the number of the file written now (0 is
+    /// `<key><suffix>`, N is `<key>.<N><suffix>`) and when this process opened it.
+    segments: HashMap<(String, String), (u64, Instant)>,
+    /// Files closed in this step: their chains get a signed checkpoint at commit.
+    closing: Vec<PathBuf>,
+    /// Files closed in a step that is checkpointed: compressed at the next commit.
+    to_compress: Vec<PathBuf>,
     files: FileSet,
     chains: FileSet,
     states: HashMap<PathBuf, ChainState>,
@@ -62,6 +87,10 @@ impl FileSink {
             // Only this sink's chains: another sink may share the root (partitions).
             chains: FileSet::new(root, format!("{suffix}.chain")),
             suffix,
+            rotation: Rotation::default(),
+            segments: HashMap::new(),
+            closing: Vec::new(),
+            to_compress: Vec::new(),
             states: HashMap::new(),
             signer,
             sign_every,
@@ -69,11 +98,132 @@ impl FileSink {
         }
     }
 
-    /// The file records of this tenant's access key go to, relative to the root.
+    /// Starts new files as `rotation` says.
+    pub fn with_rotation(mut self, rotation: Rotation) -> Self {
+        self.rotation = rotation;
+        self
+    }
+
+    /// The first file records of this tenant's access key go to, relative to the root.
     pub fn relative_path(&self, tenant: &str, access_key: &str) -> PathBuf {
+        self.segment_path(tenant, access_key, 0)
+    }
+
+    /// File number `n` of this tenant's access key, relative to the root.
+    fn segment_path(&self, tenant: &str, access_key: &str, n: u64) -> PathBuf {
+        let number = if n == 0 {
+            String::new()
+        } else {
+            format!(".{n}")
+        };
         Path::new(tenant)
             .join(access_key)
-            .join(format!("{access_key}{}", self.suffix))
+            .join(format!("{access_key}{number}{}", self.suffix))
+    }
+
+    /// The numbers of the files of this access key on disk (plain or gzipped).
+    fn segments_on_disk(&self, tenant: &str, access_key: &str) -> Result<Vec<(u64, bool)>> {
+        let dir = self.files.root().join(tenant).join(access_key);
+        let mut found = Vec::new();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+            Err(e) => return Err(e).with_context(|| format!("listing `{}`", dir.display())),
+        };
+        for entry in entries {
+            let name = entry?.file_name().to_string_lossy().to_string();
+            let (name, gzipped) = match name.strip_suffix(".gz") {
+                Some(plain) => (plain.to_string(), true),
+                None => (name, false),
+            };
+            let Some(middle) = name
+                .strip_prefix(access_key)
+                .and_then(|rest| rest.strip_suffix(&self.suffix))
+            else {
+                continue;
+            };
+            let n = match middle {
+                "" => 0,
+                _ => match middle.strip_prefix('.').map(str::parse::<u64>) {
+                    Some(Ok(n)) if n > 0 => n,
+                    _ => continue,
+                },
+            };
+            found.push((n, gzipped));
+        }
+        found.sort_unstable();
+        Ok(found)
+    }
+
+    /// The file to append `len` more bytes of this access key to: the current one,
+    /// or the next one when the current is due for rotation (it is then closed).
+    fn target(&mut self, tenant: &str, access_key: &str) -> Result<PathBuf> {
+        if !self.rotation.enabled() {
+            return Ok(self.relative_path(tenant, access_key));
+        }
+        let key = (tenant.to_string(), access_key.to_string());
+        let (n, opened) = match self.segments.get(&key) {
+            Some(&current) => current,
+            None => {
+                let n = self
+                    .segments_on_disk(tenant, access_key)?
+                    .last()
+                    .map_or(0, |&(n, gzipped)| if gzipped { n + 1 } else { n });
+                (n, Instant::now())
+            }
+        };
+        let relative = self.segment_path(tenant, access_key, n);
+        let len = self.state(&relative)?.data_len();
+        let full = self.rotation.max_bytes > 0 && len >= self.rotation.max_bytes;
+        let old = self
+            .rotation
+            .max_age
+            .is_some_and(|age| opened.elapsed() >= age);
+        if len > 0 && (full || old) {
+            self.closing.push(relative);
+            let next = (n + 1, Instant::now());
+            self.segments.insert(key, next);
+            return Ok(self.segment_path(tenant, access_key, n + 1));
+        }
+        self.segments.insert(key, (n, opened));
+        Ok(relative)
+    }
+
+    /// Gzips the closed files of checkpointed steps: `X.gz.tmp`, fsync, rename to
+    /// `X.gz`, then `X` goes. A crash in between leaves `X` (done again) or both
+    /// (`X` goes).
+    fn compress_closed(&mut self) -> Result<()> {
+        for relative in std::mem::take(&mut self.to_compress) {
+            let path = self.files.root().join(&relative);
+            let gz = PathBuf::from(format!("{}.gz", path.display()));
+            self.files.close(&relative, true);
+            self.chains.close(&chain_relative(&relative), false);
+            if !path.exists() {
+                continue;
+            }
+            if !gz.exists() {
+                let tmp = PathBuf::from(format!("{}.gz.tmp", path.display()));
+                let mut input = std::fs::File::open(&path)
+                    .with_context(|| format!("opening `{}`", path.display()))?;
+                let output = std::fs::File::create(&tmp)
+                    .with_context(|| format!("creating `{}`", tmp.display()))?;
+                let mut encoder =
+                    flate2::write::GzEncoder::new(output, flate2::Compression::default());
+                std::io::copy(&mut input, &mut encoder)
+                    .with_context(|| format!("compressing `{}`", path.display()))?;
+                encoder.finish()?.sync_all()?;
+                std::fs::rename(&tmp, &gz)?;
+                if let Some(dir) = path.parent() {
+                    crate::fsutil::sync_dir(dir)?;
+                }
+            }
+            std::fs::remove_file(&path)
+                .with_context(|| format!("removing `{}` after compressing it", path.display()))?;
+            if let Some(dir) = path.parent() {
+                crate::fsutil::sync_dir(dir)?;
+            }
+        }
+        Ok(())
     }
 
     /// The chain state of `relative`, resumed from its chain file on first use.
@@ -120,26 +270,66 @@ impl Sink for FileSink {
 
     fn recover(&mut self, state: &serde_json::Value) -> Result<()> {
         self.states.clear();
+        self.segments.clear();
+        self.closing.clear();
         match state.get("files") {
             Some(files) => {
                 self.files.recover(files)?;
-                self.chains.recover(&state["chains"])
+                self.chains.recover(&state["chains"])?;
             }
             // A checkpoint from before chains existed: the files' lengths only.
             None => {
                 self.files.recover(state)?;
-                self.chains.recover(&serde_json::Value::Null)
+                self.chains.recover(&serde_json::Value::Null)?;
             }
         }
+        // Closed files not compressed yet (a stop or crash came first): every plain
+        // file below the highest number of its access key.
+        self.to_compress.clear();
+        if self.rotation.gzip
+            && let Some(files) = state.get("files").and_then(|f| f.as_object())
+        {
+            let mut keys: Vec<(String, String)> = files
+                .keys()
+                .filter_map(|relative| {
+                    let mut parts = Path::new(relative).iter();
+                    let tenant = parts.next()?.to_string_lossy().to_string();
+                    let key = parts.next()?.to_string_lossy().to_string();
+                    Some((tenant, key))
+                })
+                .collect();
+            keys.sort();
+            keys.dedup();
+            for (tenant, key) in keys {
+                let found = self.segments_on_disk(&tenant, &key)?;
+                let Some(&(last, _)) = found.last() else {
+                    continue;
+                };
+                for (n, gzipped) in found {
+                    if n < last && !gzipped {
+                        self.to_compress.push(self.segment_path(&tenant, &key, n));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     fn write(&mut self, chunk: &Chunk<'_>) -> Result<()> {
-        let relative = self.relative_path(chunk.tenant, chunk.access_key);
+        let relative = self.target(chunk.tenant, chunk.access_key)?;
         self.state(&relative)?.update(chunk.data);
         self.files.append(&relative, chunk.data)
     }
 
+    fn prepare_close(&mut self) -> bool {
+        // The next commit signs every chain whose head is not signed yet.
+        self.last_signed = None;
+        self.signer.is_some() && !self.states.is_empty()
+    }
+
     fn commit(&mut self, _cursor: &Checkpoint) -> Result<serde_json::Value> {
+        // Files closed in an earlier step: that step's checkpoint is stored by now.
+        self.compress_closed()?;
         let sign = self.signer.is_some()
             && self
                 .last_signed
@@ -149,12 +339,15 @@ impl Sink for FileSink {
             if let Some(link) = state.close_block() {
                 lines.push((relative.clone(), link));
             }
-            if sign && state.signed != Some((state.end, state.head)) {
+            let closing = self.closing.contains(relative);
+            if let Some(signer) = &self.signer
+                && (sign || closing)
+                && state.signed != Some((state.end, state.head))
+            {
                 let name = relative
                     .file_name()
                     .map(|n| n.to_string_lossy().to_string())
                     .unwrap_or_default();
-                let signer = self.signer.as_ref().expect("checked above");
                 let jws = signer.sign_json(&CheckpointClaims::now(&name, state))?;
                 lines.push((relative.clone(), ChainLine::Checkpoint { c: jws }));
                 state.signed = Some((state.end, state.head));
@@ -170,6 +363,15 @@ impl Sink for FileSink {
         }
         let files = self.files.commit()?;
         let chains = self.chains.commit()?;
+        for relative in std::mem::take(&mut self.closing) {
+            self.states.remove(&relative);
+            if self.rotation.gzip {
+                self.to_compress.push(relative);
+            } else {
+                self.files.close(&relative, false);
+                self.chains.close(&chain_relative(&relative), false);
+            }
+        }
         Ok(serde_json::json!({ "files": files, "chains": chains }))
     }
 }

@@ -154,6 +154,16 @@ impl FileSet {
         Ok(())
     }
 
+    /// Closes the file at `relative` (it is written no more); with `drop_length`, also
+    /// stops recording its length (the file is about to be removed).
+    pub fn close(&mut self, relative: &Path, drop_length: bool) {
+        self.files.remove(relative);
+        if drop_length {
+            self.committed
+                .remove(&relative.to_string_lossy().to_string());
+        }
+    }
+
     /// fsyncs what changed; returns `{relative path: length}` of every file.
     pub fn commit(&mut self) -> Result<serde_json::Value> {
         for (relative, tracked) in &mut self.files {

@@ -57,7 +57,9 @@ struct Entry {
     org: Arc<str>,
     nanos: i64,
     line: String,
-    rejected: Rejected,
+    /// Shared by the records of one chunk.
+    origin: Arc<Rejected>,
+    index: usize,
 }
 
 /// See the module docs.
@@ -197,10 +199,11 @@ impl LokiSink {
             );
         }
         if let [entry] = entries {
-            let mut rejected = entry.rejected.clone();
-            rejected.reason = format!("Loki: {}", answer.excerpt());
-            rejected.line = entry.line.clone().into_bytes();
-            self.rejected.push(rejected);
+            self.rejected.push(entry.origin.at(
+                entry.index,
+                entry.line.as_bytes(),
+                format!("Loki: {}", answer.excerpt()),
+            ));
             return Ok(());
         }
         let (left, right) = entries.split_at(entries.len() / 2);
@@ -236,6 +239,7 @@ impl Sink for LokiSink {
 
     fn write(&mut self, chunk: &Chunk<'_>) -> Result<()> {
         let org: Arc<str> = self.config.org_id.as_deref().unwrap_or(chunk.tenant).into();
+        let origin = Arc::new(Rejected::origin(chunk));
         for (index, line) in chunk.lines() {
             let value: serde_json::Value =
                 serde_json::from_slice(line).context("a rendered record is not JSON")?;
@@ -244,8 +248,7 @@ impl Sink for LokiSink {
                 .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
                 .and_then(|t| t.timestamp_nanos_opt());
             let Some(nanos) = nanos else {
-                self.rejected.push(Rejected::new(
-                    chunk,
+                self.rejected.push(origin.at(
                     index,
                     line,
                     "the record's time does not fit Loki's nanosecond timestamps",
@@ -259,7 +262,8 @@ impl Sink for LokiSink {
                 labels,
                 org: org.clone(),
                 nanos,
-                rejected: Rejected::new(chunk, index, &[], ""),
+                origin: origin.clone(),
+                index,
                 line,
             });
         }

@@ -11,6 +11,8 @@
 //! - Loki: Loki drops an entry whose stream, timestamp and line it already holds;
 //! - PostgreSQL: the cursor is stored in the same transaction as the rows, and
 //!   [`Sink::stored_checkpoint`] hands it back, so a committed step is never redone;
+//! - S3: one object per step, named by its buffer offset range, and the checkpoint
+//!   stored beside them; objects past the checkpoint are deleted before writing again;
 //! - stdout: at least once (a terminal cannot be truncated).
 //!
 //! A record the far side refuses for good (a mapping error, a constraint) is
@@ -22,14 +24,16 @@ mod fileset;
 mod http;
 mod loki;
 mod postgres;
+mod s3;
 mod stdout;
 
 pub use elasticsearch::{ElasticsearchConfig, ElasticsearchSink};
-pub use file::FileSink;
+pub use file::{FileSink, Rotation};
 pub use fileset::FileSet;
 pub use http::BasicAuth;
 pub use loki::{LokiConfig, LokiSink};
 pub use postgres::{PostgresConfig, PostgresSink};
+pub use s3::{ObjectCompression, S3Config, S3Sink};
 pub use stdout::StdoutSink;
 
 use crate::router::Checkpoint;
@@ -77,6 +81,11 @@ pub struct Rejected {
 
 impl Rejected {
     pub fn new(chunk: &Chunk<'_>, index: usize, line: &[u8], reason: impl Into<String>) -> Self {
+        Self::origin(chunk).at(index, line, reason)
+    }
+
+    /// Where the records of `chunk` come from; [`Rejected::at`] fills in the rest.
+    pub fn origin(chunk: &Chunk<'_>) -> Self {
         Self {
             tenant: chunk.tenant.to_string(),
             access_key: chunk.access_key.to_string(),
@@ -84,9 +93,19 @@ impl Rejected {
             seq: chunk.seq,
             tag: chunk.tag.to_string(),
             offset: chunk.offset,
+            index: 0,
+            reason: String::new(),
+            line: Vec::new(),
+        }
+    }
+
+    /// Record `index` of this origin's chunk, refused for `reason`.
+    pub fn at(&self, index: usize, line: &[u8], reason: impl Into<String>) -> Self {
+        Self {
             index,
             reason: reason.into(),
             line: line.to_vec(),
+            ..self.clone()
         }
     }
 }
@@ -112,5 +131,14 @@ pub trait Sink: Send {
     /// the local checkpoint file, which may be older.
     fn stored_checkpoint(&mut self) -> anyhow::Result<Option<Checkpoint>> {
         Ok(None)
+    }
+    /// Called at shutdown; `true` asks for one last (empty) commit, in which the
+    /// sink seals what it wrote.
+    fn prepare_close(&mut self) -> bool {
+        false
+    }
+    /// The least time between two steps (a sink that batches by time); zero: none.
+    fn step_interval(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
     }
 }
