@@ -112,13 +112,11 @@ impl Agent {
             .dispatch
             .as_ref()
             .map(tracing::dispatcher::set_default);
-        if config.endpoint.tls {
+        if config.endpoints().any(|e| e.tls) {
             transport::client_tls_config(&config.tls).map_err(Error::Tls)?;
-        } else {
-            warn!(
-                "endpoint {} is plaintext: use it on loopback only",
-                config.endpoint
-            );
+        }
+        for endpoint in config.endpoints().filter(|e| !e.tls) {
+            warn!("endpoint {endpoint} is plaintext: use it on loopback only");
         }
         let spool_config = SpoolConfig {
             dir: config.spool_dir.clone(),

@@ -26,7 +26,9 @@ pub const PROPERTIES: &[Property] = &[
         name: "endpoint",
         default: None,
         help: "backend address: `host:port` or `https://host:port`; `http://host:port` \
-               sends in plaintext and is meant for loopback development only",
+               sends in plaintext and is meant for loopback development only. Several, \
+               separated by commas, are used in turn: after a session fails the agent \
+               moves to the next (ingesters behind no load balancer)",
     },
     Property {
         name: "access_key",
@@ -222,6 +224,8 @@ pub struct TlsSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentConfig {
     pub endpoint: Endpoint,
+    /// Further endpoints of `endpoint = a,b,...`, tried in turn after `endpoint`.
+    pub fallback_endpoints: Vec<Endpoint>,
     pub access_key: String,
     pub token: TokenSource,
     pub tls: TlsSettings,
@@ -319,6 +323,11 @@ pub fn alias_of(name: &str) -> Option<&'static str> {
 }
 
 impl AgentConfig {
+    /// `endpoint`, then the fallbacks.
+    pub fn endpoints(&self) -> impl Iterator<Item = &Endpoint> {
+        std::iter::once(&self.endpoint).chain(&self.fallback_endpoints)
+    }
+
     /// Builds the config from properties. `get` returns a property's value, or `None`
     /// when it is not set (Fluent Bit's `output_get_property`). Keys are the names in
     /// [`PROPERTIES`]. An empty value counts as unset.
@@ -341,7 +350,15 @@ impl AgentConfig {
 
         let endpoint = get("endpoint")
             .ok_or_else(|| invalid("endpoint", "is required: the backend's host:port"))?;
-        let endpoint = Endpoint::parse(&endpoint).map_err(|e| invalid("endpoint", e))?;
+        let mut endpoints = endpoint
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(|e| Endpoint::parse(e).map_err(|e| invalid("endpoint", e)));
+        let endpoint = endpoints
+            .next()
+            .ok_or_else(|| invalid("endpoint", "is required: the backend's host:port"))??;
+        let fallback_endpoints = endpoints.collect::<Result<Vec<_>, _>>()?;
 
         let access_key = get("access_key")
             .ok_or_else(|| invalid("access_key", "is required: the agent's access key"))?
@@ -464,6 +481,7 @@ impl AgentConfig {
         Ok(Self {
             metrics_listen,
             endpoint,
+            fallback_endpoints,
             access_key,
             token,
             tls,
@@ -617,6 +635,33 @@ mod tests {
                 .starts_with("expected a size like 512K or 1G, got `lots`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn several_endpoints_are_used_in_turn() {
+        let props = [
+            ("endpoint", "a:1, https://b:2 ,"),
+            ("access_key", "ak"),
+            ("access_token", "t"),
+            ("buffer.path", "/tmp/x"),
+        ];
+        let get = |k: &str| {
+            props
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        };
+        let config = AgentConfig::from_properties(get).unwrap();
+        assert_eq!(config.endpoint.to_string(), "https://a:1");
+        assert_eq!(
+            config
+                .fallback_endpoints
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["https://b:2"]
+        );
+        assert_eq!(config.endpoints().count(), 2);
     }
 
     #[test]

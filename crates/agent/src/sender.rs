@@ -33,7 +33,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::backoff::Backoff;
 use crate::batch;
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, Endpoint};
 use crate::seal;
 use crate::transport;
 
@@ -274,13 +274,27 @@ pub(crate) async fn run(
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(30));
     let mut link = LinkLog::default();
+    let endpoints: Vec<Endpoint> = config.endpoints().cloned().collect();
+    let mut current = 0;
     loop {
         if *drain.borrow() && shared.spool.last_seq() <= shared.spool.acked_seq() {
             return;
         }
-        match session(&shared, &config, &mut drain, &mut link, &mut backoff).await {
+        let endpoint = &endpoints[current];
+        match session(
+            &shared,
+            &config,
+            endpoint,
+            &mut drain,
+            &mut link,
+            &mut backoff,
+        )
+        .await
+        {
             Ok(()) => return,
             Err(error) => {
+                // With several endpoints, the next session goes to the next one.
+                current = (current + 1) % endpoints.len();
                 shared.counters.send_errors.fetch_add(1, Ordering::Relaxed);
                 shared.counters.errors_by_reason[reason_index(error.reason)]
                     .fetch_add(1, Ordering::Relaxed);
@@ -396,6 +410,7 @@ impl Stage {
 async fn session(
     shared: &Shared,
     config: &AgentConfig,
+    endpoint: &Endpoint,
     drain: &mut watch::Receiver<bool>,
     link: &mut LinkLog,
     backoff: &mut Backoff,
@@ -405,9 +420,9 @@ async fn session(
         .token
         .load()
         .map_err(|e| SessionError::new(format!("cannot read the access token file: {e}")))?;
-    let channel = transport::connect(&config.endpoint, &config.tls, config.connect_timeout)
+    let channel = transport::connect(endpoint, &config.tls, config.connect_timeout)
         .await
-        .map_err(|e| SessionError::new(format!("cannot reach {}: {e}", config.endpoint)))?;
+        .map_err(|e| SessionError::new(format!("cannot reach {endpoint}: {e}")))?;
     let mut client = IngestClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -485,7 +500,7 @@ async fn session(
     }
     link.connected(format!(
         "connected to {} as tenant `{}`; backend holds seq {}, spool holds up to {}; {}",
-        config.endpoint,
+        endpoint,
         welcome.tenant,
         welcome.stored_seq,
         spool.last_seq(),

@@ -132,3 +132,24 @@ fn token_issue_signs_a_working_token_and_print_events_echoes_records() {
     assert_eq!(printed, files, "--print-events prints the same records");
     backend.stop();
 }
+
+#[test]
+fn an_agent_with_several_endpoints_moves_past_one_that_is_down() {
+    let data = tempfile::tempdir().unwrap();
+    let backend = Backend::start(data.path(), 0, &[]);
+    let mut env = backend.credentials_env();
+    let live = env
+        .iter()
+        .find(|(k, _)| k == "LOGFERRY_ENDPOINT")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    let dead = format!("https://127.0.0.1:{}", free_port());
+    env.retain(|(k, _)| k != "LOGFERRY_ENDPOINT");
+    env.push(("LOGFERRY_ENDPOINT".into(), format!("{dead},{live}")));
+    let output = send(&["--timeout", "30s"], env, b"one\ntwo\n");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("cannot reach {dead}")), "{stderr}");
+    assert_eq!(wait_for_lines(data.path(), 2, Duration::from_secs(30)), 2);
+    backend.stop();
+}
