@@ -430,6 +430,7 @@ pub fn route_destination(
         .with_context(|| format!("subscribing to `{}`", args.kafka_topic))?;
     info!(destination = name, group = %format!("logferry.{name}"), "consuming `{}`", args.kafka_topic);
     let mut pending: HashMap<i32, Vec<Record>> = HashMap::new();
+    let mut failing: std::collections::HashSet<i32> = std::collections::HashSet::new();
     while !stop.load(Ordering::Acquire) {
         let mut polled = 0;
         while polled < STEP_MESSAGES {
@@ -480,10 +481,13 @@ pub fn route_destination(
                 .collect();
             if let Err(e) = destination.deliver(&records, last + 1) {
                 // The step was undone; read the partition again from the checkpoint.
-                error!(
-                    destination = name,
-                    partition, "delivery failed, retrying: {e:#}"
-                );
+                // One line per failing streak, as in `serve`.
+                if failing.insert(partition) {
+                    error!(
+                        destination = name,
+                        partition, "delivery failed, retrying: {e:#}"
+                    );
+                }
                 let _ = consumer.seek(
                     &args.kafka_topic,
                     partition,
@@ -492,6 +496,9 @@ pub fn route_destination(
                 );
                 std::thread::sleep(Duration::from_millis(500));
                 continue;
+            }
+            if failing.remove(&partition) {
+                info!(destination = name, partition, "delivering again");
             }
             let _ = commit.add_partition_offset(
                 &args.kafka_topic,

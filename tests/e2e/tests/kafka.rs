@@ -270,3 +270,99 @@ fn a_missing_topic_and_a_broker_down_at_start_are_clear_and_nothing_is_lost() {
     lines.dedup();
     assert_eq!(lines.len(), 5_000);
 }
+
+/// Two destinations, each its own consumer group: while the Elasticsearch one fails
+/// for 30 s (an in-test bulk server answering 503; no Elasticsearch can be installed
+/// here), the file one takes every record; then Elasticsearch catches up with each
+/// record once.
+#[test]
+fn a_failing_destination_holds_back_no_other_in_kafka_mode() {
+    const LINES: usize = 20_000;
+    let es = logferry_e2e::sinks::Elasticsearch::start(0);
+    let broker_dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(broker_dir.path(), free_port());
+    init_topic(&broker, 2);
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(
+        data.path().join("tenants.yaml"),
+        format!(
+            "tenants:\n  - name: acme\n    access_keys:\n      - key: ak_a\n    \
+             destinations:\n      - name: files\n        type: file\n      \
+             - name: search\n        type: elasticsearch\n        url: {}\n",
+            es.url()
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let ingest = start("ingest", data.path(), port, &broker, &[]);
+    let router = start("route", data.path(), 0, &broker, &router_flags(1));
+    es.set_down(true);
+    let outage = Instant::now();
+    let mut sender = send(
+        &ingest,
+        &format!("https://127.0.0.1:{port}"),
+        0,
+        LINES,
+        Duration::from_millis(50),
+    );
+    let files = data.path().join("destinations/acme.files");
+    assert_eq!(wait_lines(&files, LINES, Duration::from_secs(60)), LINES);
+    let file_took = outage.elapsed();
+    assert!(sender.wait().unwrap().success());
+    assert!(
+        file_took < Duration::from_secs(30),
+        "the file destination took {file_took:?}"
+    );
+    assert_eq!(es.count(), 0, "Elasticsearch is down");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !router
+        .stderr()
+        .iter()
+        .any(|l| l.contains("delivery failed") && l.contains("acme.search"))
+    {
+        assert!(Instant::now() < deadline, "the failing destination says so");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(30).saturating_sub(outage.elapsed()));
+    es.set_down(false);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while es.count() < LINES {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {LINES} in Elasticsearch",
+            es.count()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let state = es.state.lock().unwrap();
+    let mut got: Vec<String> = state
+        .docs
+        .values()
+        .map(|d| d["record"]["log"].as_str().unwrap().to_string())
+        .collect();
+    got.sort();
+    let want: Vec<String> = (0..LINES).map(|n| format!("agent-0 line {n:07}")).collect();
+    assert_eq!(got, want, "every record once in Elasticsearch");
+    assert!(state.violations.is_empty(), "{:?}", state.violations);
+    assert_eq!(
+        count_jsonl_lines(&files),
+        LINES,
+        "and once in the file destination"
+    );
+    let log = router.stderr();
+    let said = |what: &str| {
+        log.iter()
+            .filter(|l| l.contains(what) && l.contains("acme.search"))
+            .count()
+    };
+    // One line per failing partition, not one per retry; and one when it recovers.
+    assert!((1..=2).contains(&said("delivery failed")), "{log:#?}");
+    assert_eq!(
+        said("delivering again"),
+        said("delivery failed"),
+        "{log:#?}"
+    );
+    eprintln!("file destination done {file_took:?} into the outage; Elasticsearch caught up");
+    drop((ingest, router, broker));
+}
