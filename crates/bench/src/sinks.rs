@@ -189,8 +189,8 @@ pub fn run(
     std::fs::write(&secret, S3Server::SECRET_KEY)?;
     let sides = vec![
         FarSide::File,
-        FarSide::Elasticsearch(Elasticsearch::start(0)),
-        FarSide::Loki(Loki::start(0)),
+        FarSide::Elasticsearch(Elasticsearch::start_bulk(0)),
+        FarSide::Loki(Loki::start_push(0)),
         FarSide::Postgres(Postgres::start()),
         FarSide::S3(S3Server::start(), secret),
     ];

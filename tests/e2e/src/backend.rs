@@ -430,3 +430,23 @@ pub fn wait_for_lines(data_dir: &Path, n: usize, timeout: Duration) -> usize {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Runs `logferry send - EXTRA...` with `backend`'s credentials, feeding it `lines`,
+/// and asserts it exits 0 (every line acked).
+pub fn send_lines(backend: &Backend, extra: &[&str], lines: impl IntoIterator<Item = String>) {
+    use std::io::Write;
+    let mut send = Command::new(backend_bin())
+        .args(["send", "-"])
+        .args(extra)
+        .envs(backend.credentials_env())
+        .stdin(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn logferry send");
+    let mut stdin = send.stdin.take().expect("stdin piped");
+    for line in lines {
+        writeln!(stdin, "{line}").expect("write to logferry send");
+    }
+    drop(stdin);
+    assert!(send.wait().expect("wait for logferry send").success());
+}

@@ -87,25 +87,23 @@ pub struct EsState {
     pub reject_next: usize,
 }
 
-/// An Elasticsearch bulk endpoint; see the module docs.
+/// An in-test HTTP server holding `S`, that can be taken down (every request then
+/// gets 503).
 #[derive(Debug, Clone)]
-pub struct Elasticsearch {
+pub struct Mock<S> {
     pub addr: SocketAddr,
-    pub state: Arc<Mutex<EsState>>,
+    pub state: Arc<Mutex<S>>,
     down: Arc<AtomicBool>,
 }
 
-impl Elasticsearch {
-    /// A server that answers 429 to every third item of its first requests, until it
-    /// has done so `reject_first` times.
-    pub fn start(reject_first: usize) -> Self {
-        let state = Arc::new(Mutex::new(EsState {
-            reject_next: reject_first,
-            ..EsState::default()
-        }));
+type MockState<S> = (Arc<Mutex<S>>, Arc<AtomicBool>);
+
+impl<S: Send + 'static> Mock<S> {
+    fn start(state: S, path: &str, route: axum::routing::MethodRouter<MockState<S>>) -> Self {
+        let state = Arc::new(Mutex::new(state));
         let down = Arc::new(AtomicBool::new(false));
         let router = Router::new()
-            .route("/_bulk", post(es_bulk))
+            .route(path, route)
             .with_state((state.clone(), down.clone()));
         Self {
             addr: serve(router),
@@ -121,6 +119,21 @@ impl Elasticsearch {
     /// While down, every request gets 503.
     pub fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
+    }
+}
+
+/// An Elasticsearch bulk endpoint; see the module docs.
+pub type Elasticsearch = Mock<EsState>;
+
+impl Elasticsearch {
+    /// A server that answers 429 to every third item of its first requests, until it
+    /// has done so `reject_first` times.
+    pub fn start_bulk(reject_first: usize) -> Self {
+        let state = EsState {
+            reject_next: reject_first,
+            ..EsState::default()
+        };
+        Self::start(state, "/_bulk", post(es_bulk))
     }
 
     pub fn count(&self) -> usize {
@@ -287,40 +300,19 @@ pub struct LokiState {
 }
 
 /// A Loki push endpoint; see the module docs.
-#[derive(Debug, Clone)]
-pub struct Loki {
-    pub addr: SocketAddr,
-    pub state: Arc<Mutex<LokiState>>,
-    down: Arc<AtomicBool>,
-}
+pub type Loki = Mock<LokiState>;
 
 /// Loki's `max_line_size` on this server.
 pub const LOKI_MAX_LINE: usize = 4096;
 
 impl Loki {
     /// A server that answers 429 to its first `throttle_first` pushes.
-    pub fn start(throttle_first: usize) -> Self {
-        let state = Arc::new(Mutex::new(LokiState {
+    pub fn start_push(throttle_first: usize) -> Self {
+        let state = LokiState {
             throttle_next: throttle_first,
             ..LokiState::default()
-        }));
-        let down = Arc::new(AtomicBool::new(false));
-        let router = Router::new()
-            .route("/loki/api/v1/push", post(loki_push))
-            .with_state((state.clone(), down.clone()));
-        Self {
-            addr: serve(router),
-            state,
-            down,
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    pub fn set_down(&self, down: bool) {
-        self.down.store(down, Ordering::SeqCst);
+        };
+        Self::start(state, "/loki/api/v1/push", post(loki_push))
     }
 
     pub fn count(&self) -> usize {

@@ -278,7 +278,7 @@ fn a_missing_topic_and_a_broker_down_at_start_are_clear_and_nothing_is_lost() {
 #[test]
 fn a_failing_destination_holds_back_no_other_in_kafka_mode() {
     const LINES: usize = 20_000;
-    let es = logferry_e2e::sinks::Elasticsearch::start(0);
+    let es = logferry_e2e::sinks::Elasticsearch::start_bulk(0);
     let broker_dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(broker_dir.path(), free_port());
     init_topic(&broker, 2);

@@ -2,12 +2,12 @@
 //! across the numbered files, through a `kill -9`; closed files are compressed and
 //! their chains signed to their last byte, and `verify` checks the `.gz` files.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use logferry_e2e::backend::{Backend, backend_bin, free_port};
+use logferry_e2e::backend::{Backend, backend_bin, free_port, send_lines};
 
 const REGISTRY: &str = "\
 tenants:
@@ -69,19 +69,11 @@ fn logs(dir: &Path) -> Vec<String> {
 }
 
 fn send(backend: &Backend, round: usize, lines: usize) {
-    let mut send = Command::new(backend_bin())
-        .args(["send", "-", "--tag", "app", "--chunk-bytes", "16K"])
-        .envs(backend.credentials_env())
-        .stdin(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = send.stdin.take().unwrap();
-    for n in 0..lines {
-        writeln!(stdin, "round {round} line {n}").unwrap();
-    }
-    drop(stdin);
-    assert!(send.wait().unwrap().success());
+    send_lines(
+        backend,
+        &["--tag", "app", "--chunk-bytes", "16K"],
+        (0..lines).map(|n| format!("round {round} line {n}")),
+    );
 }
 
 fn wait_for_logs(dir: &Path, n: usize) {

@@ -143,8 +143,8 @@ fn five_destinations_each_get_every_record_once_across_ten_sigkills() {
     // outage of Elasticsearch and S3.
     const COPIES: usize = 12;
     const KILLS: usize = 10;
-    let es = Elasticsearch::start(40);
-    let loki = Loki::start(3);
+    let es = Elasticsearch::start_bulk(40);
+    let loki = Loki::start_push(3);
     let pg = Postgres::start();
     let mut s3 = S3Server::start();
     let secrets = tempfile::tempdir().unwrap();

@@ -1,29 +1,20 @@
 //! `logferry verify` on what a real backend wrote: OK with exit 0, then a finding and
 //! exit 1 once a byte is changed.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use logferry_e2e::backend::{Backend, backend_bin, wait_for_lines};
+use logferry_e2e::backend::{Backend, backend_bin, send_lines, wait_for_lines};
 
 #[test]
 fn verify_passes_on_sink_files_and_fails_on_a_changed_byte() {
     let data = tempfile::tempdir().unwrap();
     let backend = Backend::start(data.path(), 0, &["--chain-checkpoint-interval", "0s"]);
-    let mut send = Command::new(backend_bin())
-        .args(["send", "-", "--tag", "audit", "--chunk-bytes", "64K"])
-        .envs(backend.credentials_env())
-        .stdin(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = send.stdin.take().unwrap();
-    for n in 0..20_000 {
-        writeln!(stdin, "audit line {n}").unwrap();
-    }
-    drop(stdin);
-    assert!(send.wait().unwrap().success());
+    send_lines(
+        &backend,
+        &["--tag", "audit", "--chunk-bytes", "64K"],
+        (0..20_000).map(|n| format!("audit line {n}")),
+    );
     wait_for_lines(data.path(), 20_000, Duration::from_secs(30));
     backend.stop();
 
@@ -136,19 +127,11 @@ fn a_clean_stop_signs_the_tail_of_every_file() {
     let backend = Backend::start(data.path(), 0, &["--chain-checkpoint-interval", "1h"]);
     // Two sends, two steps: the first commit signs, the second (inside the hour) not.
     for (round, lines) in [(0, 1000), (1, 2000)] {
-        let mut send = Command::new(backend_bin())
-            .args(["send", "-", "--tag", "audit"])
-            .envs(backend.credentials_env())
-            .stdin(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut stdin = send.stdin.take().unwrap();
-        for n in 0..1000 {
-            writeln!(stdin, "round {round} line {n}").unwrap();
-        }
-        drop(stdin);
-        assert!(send.wait().unwrap().success());
+        send_lines(
+            &backend,
+            &["--tag", "audit"],
+            (0..1000).map(|n| format!("round {round} line {n}")),
+        );
         wait_for_lines(data.path(), lines, Duration::from_secs(30));
     }
     let verify = || {
