@@ -28,7 +28,10 @@ pub const PROPERTIES: &[Property] = &[
         help: "backend address: `host:port` or `https://host:port`; `http://host:port` \
                sends in plaintext and is meant for loopback development only. Several, \
                separated by commas, are used in turn: after a session fails the agent \
-               moves to the next (ingesters behind no load balancer)",
+               moves to the next. Meant for the `logferry ingest` replicas of one Kafka \
+               deployment (the routers drop what is sent twice); separate `serve` \
+               backends keep separate dedup marks, and a batch re-sent to another one is \
+               stored there again",
     },
     Property {
         name: "access_key",

@@ -415,6 +415,24 @@ impl TenantStore for Registry {
 
 fn check_destinations(tenant: &TenantSpec) -> Result<()> {
     let mut names = std::collections::HashSet::new();
+    // Two PostgreSQL destinations of one tenant into one table would insert the same
+    // keys (tenant, agent, seq, idx): the second would stop at a unique violation.
+    let mut tables = std::collections::HashMap::new();
+    for spec in tenant
+        .destinations
+        .iter()
+        .flatten()
+        .filter(|s| s.kind == "postgres")
+    {
+        let table = (spec.url.clone(), spec.table.clone().unwrap_or_default());
+        if let Some(other) = tables.insert(table, &spec.name) {
+            bail!(
+                "destinations `{other}` and `{}` write the same PostgreSQL table; give one \
+                 of them its own `table`",
+                spec.name
+            );
+        }
+    }
     for spec in tenant.destinations.iter().flatten() {
         check_name("destination name", &spec.name)?;
         if !names.insert(spec.name.as_str()) {
@@ -713,6 +731,10 @@ tenants:
             .is_ok()
         );
         assert!(err("      - {name: a, type: s3}\n").ends_with("type `s3` needs `bucket`"));
+        assert!(
+            err("      - {name: a, type: postgres, url: x}\n      - {name: b, type: postgres, url: x}\n")
+                .contains("destinations `a` and `b` write the same PostgreSQL table")
+        );
         assert!(
             err("      - {name: a, type: file, gzip: true}\n")
                 .ends_with("`gzip` compresses closed files; set rotate_bytes or rotate_age")

@@ -366,3 +366,66 @@ fn a_failing_destination_holds_back_no_other_in_kafka_mode() {
     eprintln!("file destination done {file_took:?} into the outage; Elasticsearch caught up");
     drop((ingest, router, broker));
 }
+
+/// A batch larger than the producer's `message.max.bytes`: ingest refuses it with
+/// RESOURCE_EXHAUSTED and a log line that says what to change, the agent keeps it
+/// (here `send` exits 1 naming what is not acked), and nothing reaches the topic.
+#[test]
+fn a_batch_larger_than_kafka_takes_is_refused_clearly() {
+    let broker_dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(broker_dir.path(), free_port());
+    init_topic(&broker, 1);
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let ingest = start(
+        "ingest",
+        data.path(),
+        port,
+        &broker,
+        &["--kafka-property", "message.max.bytes=2000"],
+    );
+    let mut env = ingest.credentials_env();
+    env.retain(|(k, _)| k != "LOGFERRY_ENDPOINT");
+    env.push((
+        "LOGFERRY_ENDPOINT".into(),
+        format!("https://127.0.0.1:{port}"),
+    ));
+    let mut child = Command::new(backend_bin())
+        .args(["send", "-", "--chunk-bytes", "16K", "--timeout", "5s"])
+        .envs(env)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for n in 0..2000 {
+        // Random-looking text, so the zstd batch stays above 2000 bytes.
+        writeln!(
+            stdin,
+            "line {n} {:x}",
+            (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        )
+        .unwrap();
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "send cannot succeed: {stderr}");
+    assert!(
+        stderr.contains("not acked") || stderr.contains("unacked"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("larger than Kafka accepts"),
+        "the agent is told why: {stderr}"
+    );
+    assert!(
+        ingest
+            .stderr()
+            .iter()
+            .any(|l| l.contains("the batch is larger than Kafka accepts")),
+        "ingest says why"
+    );
+    drop((ingest, broker));
+}

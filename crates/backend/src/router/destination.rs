@@ -180,7 +180,15 @@ impl Destination {
 
     fn recover(&mut self) -> Result<()> {
         self.sink.recover(&self.checkpoint.sink)?;
-        self.dead.recover(&self.checkpoint.dead_letter)
+        if self.sink.stores_checkpoint() {
+            // The sink's stored checkpoint may be ahead of the local one, with dead
+            // letters the local one does not count: which one wins is known once the
+            // sink is asked (`sync_with_sink`), and the dead letters wait for it.
+            self.synced = false;
+            Ok(())
+        } else {
+            self.dead.recover(&self.checkpoint.dead_letter)
+        }
     }
 
     /// Delivers the next records of the embedded buffer; returns how many it consumed.
@@ -272,35 +280,39 @@ impl Destination {
     /// Adopts the checkpoint a sink stored with its data when it differs from the
     /// local file (a crash between the two, or a failed step whose commit landed).
     fn sync_with_sink(&mut self) -> Result<()> {
-        if let Some(stored) = self
+        let stored = self
             .sink
             .stored_checkpoint()
-            .context("reading the checkpoint stored in the sink")?
-            && (stored.next_offset, &stored.marks)
-                != (self.checkpoint.next_offset, &self.checkpoint.marks)
-        {
-            if stored.next_offset < self.checkpoint.next_offset {
-                warn!(
-                    destination = %self.name,
-                    "the sink's stored cursor ({}) is behind the local checkpoint ({}); \
-                     re-delivering from the sink's",
-                    stored.next_offset,
-                    self.checkpoint.next_offset
-                );
-            } else {
-                info!(
-                    destination = %self.name,
-                    "resuming at the sink's stored cursor {} (local checkpoint: {})",
-                    stored.next_offset,
-                    self.checkpoint.next_offset
-                );
+            .context("reading the checkpoint stored in the sink")?;
+        let local = (self.checkpoint.next_offset, &self.checkpoint.marks);
+        let Some(stored) = stored.filter(|s| (s.next_offset, &s.marks) != local) else {
+            if self.sink.stores_checkpoint() {
+                self.dead.recover(&self.checkpoint.dead_letter)?;
             }
-            self.sink.recover(&stored.sink)?;
-            self.dead.recover(&stored.dead_letter)?;
-            stored.store(&self.checkpoint_path)?;
-            self.checkpoint = stored;
-            self.resumed = true;
+            self.synced = true;
+            return Ok(());
+        };
+        if stored.next_offset < self.checkpoint.next_offset {
+            warn!(
+                destination = %self.name,
+                "the sink's stored cursor ({}) is behind the local checkpoint ({}); \
+                 re-delivering from the sink's",
+                stored.next_offset,
+                self.checkpoint.next_offset
+            );
+        } else {
+            info!(
+                destination = %self.name,
+                "resuming at the sink's stored cursor {} (local checkpoint: {})",
+                stored.next_offset,
+                self.checkpoint.next_offset
+            );
         }
+        self.sink.recover(&stored.sink)?;
+        self.dead.recover(&stored.dead_letter)?;
+        stored.store(&self.checkpoint_path)?;
+        self.checkpoint = stored;
+        self.resumed = true;
         self.synced = true;
         Ok(())
     }

@@ -7,7 +7,10 @@
 //! are identical to the nanosecond and in the same stream are one entry to Loki.)
 //!
 //! - **Cardinality guard**: each label takes at most `max_label_values` distinct
-//!   values; later new values become `__overflow__`, with one warning per label.
+//!   values; later new values become `__overflow__`, with one warning per label. The
+//!   values seen are part of the destination's checkpoint, so a step delivered again
+//!   after a crash labels each record as the first time (the same stream, so Loki's
+//!   dedup applies).
 //! - **Order**: entries are sorted by time within each stream of a push, which Loki
 //!   wants; records older than Loki's window are refused by it and dead-lettered.
 //! - **Errors**: 429 and 5xx are retried. A 400 means some entries are invalid
@@ -230,10 +233,15 @@ impl Sink for LokiSink {
         "loki"
     }
 
-    fn recover(&mut self, _state: &serde_json::Value) -> Result<()> {
+    fn recover(&mut self, state: &serde_json::Value) -> Result<()> {
         self.entries.clear();
         self.bytes = 0;
         self.rejected.clear();
+        self.seen = match state.get("label_values") {
+            Some(values) => serde_json::from_value(values.clone())
+                .context("the Loki label values in the checkpoint")?,
+            None => HashMap::new(),
+        };
         Ok(())
     }
 
@@ -275,7 +283,7 @@ impl Sink for LokiSink {
 
     fn commit(&mut self, _cursor: &Checkpoint) -> Result<serde_json::Value> {
         self.flush()?;
-        Ok(serde_json::Value::Null)
+        Ok(serde_json::json!({ "label_values": self.seen }))
     }
 
     fn take_rejected(&mut self) -> Vec<Rejected> {
@@ -286,6 +294,31 @@ impl Sink for LokiSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_label_values_seen_survive_a_restart_through_the_checkpoint() {
+        let config = LokiConfig {
+            url: "http://unused".into(),
+            labels: vec!["app".into()],
+            max_label_values: 1,
+            org_id: None,
+            auth: None,
+            batch_max_bytes: usize::MAX,
+        };
+        let mut sink = LokiSink::new(config.clone());
+        assert_eq!(
+            sink.labels("t", &serde_json::json!({"app": "a"}))["app"],
+            "a"
+        );
+        let state = sink.commit(&Checkpoint::default()).unwrap();
+        let mut restarted = LokiSink::new(config);
+        restarted.recover(&state).unwrap();
+        let label = |sink: &mut LokiSink, app: &str| {
+            sink.labels("t", &serde_json::json!({ "app": app }))["app"].clone()
+        };
+        assert_eq!(label(&mut restarted, "b"), "__overflow__");
+        assert_eq!(label(&mut restarted, "a"), "a");
+    }
 
     #[test]
     fn label_names_follow_loki_rules() {

@@ -127,6 +127,11 @@ pub trait Sink: Send {
     fn take_rejected(&mut self) -> Vec<Rejected> {
         Vec::new()
     }
+    /// Whether the sink stores the destination's checkpoint with its data
+    /// ([`Sink::stored_checkpoint`]).
+    fn stores_checkpoint(&self) -> bool {
+        false
+    }
     /// The checkpoint the sink stored with its data, if it stores one. It wins over
     /// the local checkpoint file, which may be older.
     fn stored_checkpoint(&mut self) -> anyhow::Result<Option<Checkpoint>> {

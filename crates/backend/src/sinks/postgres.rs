@@ -13,8 +13,8 @@
 //! from it, so a step committed just before a crash (or before a lost answer) is
 //! never written twice; the primary key would refuse it if it were.
 //!
-//! A record PostgreSQL cannot hold (`\u0000` in a string, which `jsonb` refuses)
-//! goes to the dead letters. A server that is down fails the step, which the
+//! A record PostgreSQL cannot hold (`\u0000` in a string, which `jsonb` refuses; a
+//! time outside `timestamptz`'s range) goes to the dead letters. A server that is down fails the step, which the
 //! destination retries with backoff; the connection is made again each time.
 //! Connections are plaintext: use a Unix socket or a private network.
 
@@ -178,7 +178,30 @@ impl Sink for PostgresSink {
                 ));
                 continue;
             }
+            // A time PostgreSQL cannot take would fail the whole COPY, every retry.
             let time = value["time"].as_str().unwrap_or_default();
+            let Some(time) = chrono::DateTime::parse_from_rfc3339(time)
+                .ok()
+                .filter(|t| (-4713..=294_276).contains(&chrono::Datelike::year(t)))
+                .map(|_| time)
+            else {
+                self.rejected.push(Rejected::new(
+                    chunk,
+                    index,
+                    line,
+                    format!("PostgreSQL timestamptz cannot hold the record's time `{time}`"),
+                ));
+                continue;
+            };
+            if i64::try_from(chunk.seq).is_err() {
+                self.rejected.push(Rejected::new(
+                    chunk,
+                    index,
+                    line,
+                    "the seq does not fit PostgreSQL bigint",
+                ));
+                continue;
+            }
             let row = &mut self.rows;
             for text in [time, chunk.tag, chunk.tenant, chunk.agent] {
                 field(row, text);
@@ -225,6 +248,10 @@ impl Sink for PostgresSink {
 
     fn take_rejected(&mut self) -> Vec<Rejected> {
         std::mem::take(&mut self.rejected)
+    }
+
+    fn stores_checkpoint(&self) -> bool {
+        true
     }
 
     fn stored_checkpoint(&mut self) -> Result<Option<Checkpoint>> {

@@ -314,6 +314,10 @@ impl Sink for S3Sink {
         Ok(state)
     }
 
+    fn stores_checkpoint(&self) -> bool {
+        true
+    }
+
     fn stored_checkpoint(&mut self) -> Result<Option<Checkpoint>> {
         let store = self.store.clone();
         let path = self.path("_checkpoint.json");
