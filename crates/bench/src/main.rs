@@ -84,16 +84,9 @@ struct Cli {
 
 /// The tansu binary, if there is one.
 fn find_tansu(given: Option<&Path>) -> Option<PathBuf> {
-    if let Some(path) = given {
-        return Some(path.to_path_buf());
-    }
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|dir| dir.join("tansu"))
-        .find(|p| p.is_file());
-    let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/tansu"));
-    on_path.or(home.filter(|p| p.is_file()))
+    given
+        .map(Path::to_path_buf)
+        .or_else(|| logferry_e2e::find_tool("tansu", "TANSU_BIN"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

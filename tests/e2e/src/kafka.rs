@@ -11,18 +11,9 @@ use std::time::{Duration, Instant};
 
 /// The `tansu` binary: `TANSU_BIN`, else on `PATH`, else in `~/.cargo/bin`.
 pub fn tansu_bin() -> PathBuf {
-    if let Some(bin) = std::env::var_os("TANSU_BIN") {
-        return PathBuf::from(bin);
-    }
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|dir| dir.join("tansu"))
-        .find(|p| p.is_file());
-    let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/tansu"));
-    on_path.or(home.filter(|p| p.is_file())).expect(
+    crate::find_tool("tansu", "TANSU_BIN").expect(
         "no `tansu` broker found: install it with `cargo install tansu --locked --features \
-             dynostore,libsql` (as .ci/run does) or set TANSU_BIN",
+         dynostore,libsql` (as .ci/run does) or set TANSU_BIN",
     )
 }
 

@@ -107,6 +107,20 @@ pub fn fixture(name: &str) -> Fixture {
         .unwrap_or_else(|| panic!("no fixture `{name}` in {}", fixtures_dir().display()))
 }
 
+/// An installed tool the tests run (`tansu`, `s3s-fs`): the path in the variable
+/// `env`, else `name` on `PATH`, else in `~/.cargo/bin` (where `.ci/run` installs it).
+pub fn find_tool(name: &str, env: &str) -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os(env) {
+        return Some(PathBuf::from(path));
+    }
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join(name));
+    let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin").join(name));
+    on_path.chain(home).find(|p| p.is_file())
+}
+
 /// The built plugin, `libout_logferry.so`, in the target profile directory of the
 /// running test binary (`target/debug` for `target/debug/deps/plugin_abi-...`);
 /// `LOGFERRY_PLUGIN` overrides it.

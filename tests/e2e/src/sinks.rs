@@ -598,23 +598,12 @@ impl S3Server {
     pub const SECRET_KEY: &str = "logferry-test-secret";
 
     fn bin() -> PathBuf {
-        if let Some(bin) = std::env::var_os("S3S_FS_BIN") {
-            return PathBuf::from(bin);
-        }
-        let on_path = std::env::var_os("PATH")
-            .into_iter()
-            .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-            .map(|dir| dir.join("s3s-fs"));
-        let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin/s3s-fs"));
-        on_path
-            .chain(home)
-            .find(|p| p.is_file())
-            .unwrap_or_else(|| {
-                panic!(
-                    "no s3s-fs binary: `cargo install s3s-fs --version 0.14.1 --locked --features \
+        crate::find_tool("s3s-fs", "S3S_FS_BIN").unwrap_or_else(|| {
+            panic!(
+                "no s3s-fs binary: `cargo install s3s-fs --version 0.14.1 --locked --features \
                  binary` (.ci/run does), or set S3S_FS_BIN"
-                )
-            })
+            )
+        })
     }
 
     pub fn start() -> Self {
