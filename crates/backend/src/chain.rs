@@ -463,6 +463,7 @@ mod tests {
             seq: 1,
             tag: "test",
             offset: 0,
+            first_index: 0,
             data,
         };
         sink.write(&chunk).unwrap();

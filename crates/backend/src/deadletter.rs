@@ -1,13 +1,19 @@
-//! `logferry dead-letter list|show`: what the router could not deliver, and why.
+//! `logferry dead-letter list|show|replay`: what the router could not deliver, and
+//! why; and sending it again once the cause is fixed.
 //!
 //! Dead letters are JSON lines in `<data-dir>/dead-letter/<destination>/
 //! dead-letter.jsonl` (README, "Data directory"). Entries are numbered from 1 per
 //! destination, in the order they were written, so `show DESTINATION N` names one.
+//! The file is never rewritten: the numbers `replay` delivered are kept in the
+//! destination's checkpoint, which `list` reads to mark them.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
+
+use crate::router::{Checkpoint, Replay};
+use crate::serve::ServeArgs;
 
 fn destination_dirs(data_dir: &Path, only: Option<&str>) -> Result<Vec<(String, PathBuf)>> {
     let root = data_dir.join("dead-letter");
@@ -62,11 +68,20 @@ fn position(entry: &Value) -> String {
 pub fn list(data_dir: &Path, destination: Option<&str>) -> Result<usize> {
     let mut total = 0;
     for (name, file) in destination_dirs(data_dir, destination)? {
+        let checkpoint = data_dir
+            .join("router")
+            .join(format!("{name}.checkpoint.json"));
+        let replayed = Checkpoint::load(&checkpoint)?.replayed;
         for (n, entry) in entries(&file)?.iter().enumerate() {
             total += 1;
+            let number = n as u64 + 1;
             println!(
-                "{name} #{} {} tenant={} access_key={} agent={} {} {}: {}",
-                n + 1,
+                "{name} #{number}{} {} tenant={} access_key={} agent={} {} {}: {}",
+                if replayed.contains(&number) {
+                    " (replayed)"
+                } else {
+                    ""
+                },
                 entry["time"].as_str().unwrap_or("-"),
                 entry["tenant"].as_str().unwrap_or("-"),
                 entry["access_key"].as_str().unwrap_or("-"),
@@ -111,5 +126,104 @@ pub fn show(data_dir: &Path, destination: &str, number: usize, with_payload: boo
         }
     }
     println!("{}", serde_json::to_string_pretty(&entry)?);
+    Ok(())
+}
+
+/// `logferry dead-letter replay`: sends the dead letters of `destination` (those
+/// numbered in `only`, or all) to its sink again, as the backend configured by
+/// `args` would, in one step recorded in the destination's checkpoint. Entries
+/// delivered before are skipped, so running it twice sends nothing twice. Fails
+/// when a backend runs on the data directory, and when an entry still cannot be
+/// delivered (it stays for a later replay).
+pub fn replay(args: &ServeArgs, destination: &str, only: &[u64]) -> Result<()> {
+    use std::sync::Arc;
+
+    let data = &args.data_dir;
+    let _lock = crate::fsutil::lock_router(data, true)?;
+    let file = data
+        .join("dead-letter")
+        .join(destination)
+        .join("dead-letter.jsonl");
+    let all = entries(&file)?;
+    if all.is_empty() {
+        bail!(
+            "destination `{destination}` has no dead letters (no `{}`)",
+            file.display()
+        );
+    }
+    let chosen: Vec<(u64, Value)> = if only.is_empty() {
+        (1..).zip(all.iter().cloned()).collect()
+    } else {
+        only.iter()
+            .map(
+                |&n| match n.checked_sub(1).and_then(|i| all.get(i as usize)) {
+                    Some(entry) => Ok((n, entry.clone())),
+                    None => bail!(
+                        "destination `{destination}` has {} dead letter(s); #{n} is not one",
+                        all.len()
+                    ),
+                },
+            )
+            .collect::<Result<_>>()?
+    };
+
+    let (registry, _, _) = crate::serve::load_registry(data, args.tenants.as_deref())?;
+    let plans = crate::serve::plan_destinations(args, &registry)?;
+    // A Kafka router's destinations are per partition: `<name>.p<N>`.
+    let (plan, partition) = match plans.iter().find(|p| p.name == destination) {
+        Some(plan) => (plan, None),
+        None => destination
+            .rsplit_once(".p")
+            .and_then(|(name, n)| Some((plans.iter().find(|p| p.name == name)?, n.parse().ok()?)))
+            .map(|(plan, n)| (plan, Some(n)))
+            .with_context(|| {
+                format!(
+                    "the registry has no destination `{destination}` any more; add it back to                      replay its dead letters"
+                )
+            })?,
+    };
+    let tokens = Arc::new(crate::auth::TokenAuthority::load_or_create(
+        &data.join("keys"),
+    )?);
+    let keys = Arc::new(crate::keys::KeyRing::new(crate::keys::keys_dir(data)));
+    let metrics = crate::metrics::Metrics::new()?;
+    let mut opened = plan.open(args, &tokens, &keys, &metrics, partition)?;
+    eprintln!(
+        "replaying {} dead letter(s) of `{destination}`...",
+        chosen.len()
+    );
+    let outcomes = opened.replay(&chosen)?;
+    let mut failing = 0;
+    for (number, outcome) in &outcomes {
+        match outcome {
+            Replay::Delivered => println!("{destination} #{number}: delivered"),
+            Replay::Already => println!("{destination} #{number}: delivered by an earlier replay"),
+            Replay::Fails(reason) => {
+                failing += 1;
+                println!("{destination} #{number}: still fails: {reason}");
+            }
+        }
+    }
+    opened.close()?;
+    let refused = entries(&file)?.len() - all.len();
+    let delivered = outcomes
+        .iter()
+        .filter(|(_, o)| *o == Replay::Delivered)
+        .count();
+    eprintln!(
+        "{delivered} delivered, {} delivered before, {failing} still failing",
+        outcomes.len() - delivered - failing
+    );
+    if refused > 0 {
+        bail!(
+            "the sink refused {refused} record(s) again; they are new dead letters #{}..#{} \
+             (`logferry dead-letter show {destination} N` says why)",
+            all.len() + 1,
+            all.len() + refused
+        );
+    }
+    if failing > 0 {
+        bail!("{failing} dead letter(s) still fail; they stay for a later replay");
+    }
     Ok(())
 }

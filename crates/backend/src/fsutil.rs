@@ -38,3 +38,38 @@ pub fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
     file.write_all(contents)?;
     file.sync_all()
 }
+
+/// `<data-dir>/router.lock`: every backend that delivers holds it shared for its
+/// lifetime; `logferry dead-letter replay` takes it exclusively, so it never writes
+/// a destination a running backend writes too. The lock is released when the file
+/// is dropped (or the process dies).
+pub fn lock_router(data_dir: &Path, exclusive: bool) -> anyhow::Result<File> {
+    use anyhow::Context;
+    let path = data_dir.join("router.lock");
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening `{}`", path.display()))?;
+    let locked = if exclusive {
+        file.try_lock()
+    } else {
+        file.try_lock_shared()
+    };
+    match locked {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) if exclusive => anyhow::bail!(
+            "a backend (`logferry serve` or `logferry route`) is running on `{}`: stop it, \
+             run this again, then start it (records keep waiting in the buffer meanwhile)",
+            data_dir.display()
+        ),
+        Err(fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "`logferry dead-letter replay` is running on `{}`; start the backend once it ends",
+            data_dir.display()
+        ),
+        Err(fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking `{}`", path.display()))
+        }
+    }
+}

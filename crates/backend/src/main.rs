@@ -183,8 +183,17 @@ enum DeadLetterCommand {
         /// The number `list` prints after `#`.
         number: usize,
     },
-    /// Deliver dead letters again after fixing their cause (not in this build yet).
+    /// Deliver dead letters again after fixing their cause. Takes `serve`'s flags
+    /// (data directory, registry) to build the destination as the backend does, and
+    /// needs the backend stopped. Each dead letter is delivered once, however often
+    /// this runs; what the sink refuses again becomes a new dead letter.
     Replay {
+        #[command(flatten)]
+        serve: Box<ServeArgs>,
+        /// Only this dead letter (the number `list` prints after `#`); repeatable.
+        /// Default: all that were not replayed yet.
+        #[arg(long = "entry")]
+        entries: Vec<u64>,
         /// The destination, as `list` prints it.
         destination: String,
     },
@@ -349,10 +358,11 @@ fn run(cli: Cli) -> Result<()> {
             destination,
             number,
         }) => logferry_backend::deadletter::show(&data_dir, &destination, number, with_payload),
-        Command::DeadLetter(DeadLetterCommand::Replay { .. }) => bail!(
-            "`logferry dead-letter replay` is not implemented in this build yet; `dead-letter \
-             show --with-payload` prints what was kept, to re-send by hand"
-        ),
+        Command::DeadLetter(DeadLetterCommand::Replay {
+            serve,
+            entries,
+            destination,
+        }) => logferry_backend::deadletter::replay(&serve, &destination, &entries),
         Command::ConfigReference => {
             print!("{}", config_reference());
             Ok(())

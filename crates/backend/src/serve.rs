@@ -212,6 +212,10 @@ pub async fn run_role(args: ServeArgs, role: Role) -> Result<()> {
     }
     let data = &args.data_dir;
     std::fs::create_dir_all(data).with_context(|| format!("creating `{}`", data.display()))?;
+    let _router_lock = match role {
+        Role::Serve => Some(crate::fsutil::lock_router(data, false)?),
+        Role::Ingest(_) => None,
+    };
     let tokens = Arc::new(TokenAuthority::load_or_create(&data.join("keys"))?);
     let (registry, registry_path, development) = load_registry(data, args.tenants.as_deref())?;
     let revoked_path = args
@@ -724,6 +728,7 @@ pub async fn run_route(args: ServeArgs, kafka: crate::kafka::KafkaArgs) -> Resul
     use std::sync::atomic::{AtomicBool, Ordering};
     let data = args.data_dir.clone();
     std::fs::create_dir_all(&data).with_context(|| format!("creating `{}`", data.display()))?;
+    let _router_lock = crate::fsutil::lock_router(&data, false)?;
     let tokens = Arc::new(TokenAuthority::load_or_create(&data.join("keys"))?);
     let (registry, _, _) = load_registry(&data, args.tenants.as_deref())?;
     let keys = Arc::new(KeyRing::new(keys_dir(&data)));

@@ -450,3 +450,25 @@ pub fn send_lines(backend: &Backend, extra: &[&str], lines: impl IntoIterator<It
     drop(stdin);
     assert!(send.wait().expect("wait for logferry send").success());
 }
+
+/// The dead letters of `destination` under `data`, in order.
+pub fn dead_letters(data: &Path, destination: &str) -> Vec<serde_json::Value> {
+    let file = data
+        .join("dead-letter")
+        .join(destination)
+        .join("dead-letter.jsonl");
+    std::fs::read_to_string(&file)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Polls `done` until it holds; panics after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -199,3 +199,48 @@ pub fn without_origin(record: &Value) -> Value {
     }
     record
 }
+
+/// `value` as msgpack.
+pub fn to_msgpack(value: &Value) -> rmpv::Value {
+    match value {
+        Value::Null => rmpv::Value::Nil,
+        Value::Bool(b) => rmpv::Value::Boolean(*b),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => rmpv::Value::from(i),
+            None => rmpv::Value::from(n.as_f64().unwrap()),
+        },
+        Value::String(s) => rmpv::Value::from(s.as_str()),
+        Value::Array(a) => rmpv::Value::Array(a.iter().map(to_msgpack).collect()),
+        Value::Object(o) => rmpv::Value::Map(
+            o.iter()
+                .map(|(k, v)| (rmpv::Value::from(k.as_str()), to_msgpack(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// A Fluent Bit chunk of `bodies`, one event per body at `sec`.`n`.
+pub fn chunk_of(sec: u32, bodies: &[Value]) -> (Vec<u8>, Vec<Value>) {
+    let mut chunk = Vec::new();
+    let mut expected = Vec::new();
+    for (n, body) in bodies.iter().enumerate() {
+        let mut time = sec.to_be_bytes().to_vec();
+        time.extend_from_slice(&(n as u32).to_be_bytes());
+        let event = rmpv::Value::Array(vec![
+            rmpv::Value::Array(vec![
+                rmpv::Value::Ext(0, time),
+                rmpv::Value::Map(Vec::new()),
+            ]),
+            to_msgpack(body),
+        ]);
+        rmpv::encode::write_value(&mut chunk, &event).unwrap();
+        expected.push(json!({
+            "time": chrono::DateTime::from_timestamp(i64::from(sec), n as u32)
+                .unwrap()
+                .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+            "metadata": {},
+            "record": body,
+        }));
+    }
+    (chunk, expected)
+}

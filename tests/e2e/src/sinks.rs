@@ -139,6 +139,12 @@ impl Elasticsearch {
     pub fn count(&self) -> usize {
         self.state.lock().unwrap().docs.len()
     }
+
+    /// Forgets the mapping of `record.<field>`, as an operator who fixed it would
+    /// make the index take the next type it sees.
+    pub fn forget_mapping(&self, field: &str) {
+        self.state.lock().unwrap().mapping.remove(field);
+    }
 }
 
 async fn es_bulk(

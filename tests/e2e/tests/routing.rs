@@ -3,12 +3,12 @@
 //! and catches up afterwards with nothing lost or duplicated.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fluent_bit_sys::FLB_OK;
 use logferry_backend::auth::TokenAuthority;
 use logferry_e2e::backend::{
-    Backend, Credentials, backend_bin, count_jsonl_lines, read_jsonl_tree, replace_file,
+    Backend, Credentials, backend_bin, count_jsonl_lines, read_jsonl_tree, replace_file, wait_for,
 };
 use logferry_e2e::host::Host;
 use logferry_e2e::{expected_records, fixture, plugin_path, without_origin};
@@ -31,14 +31,6 @@ tenants:
     access_keys:
       - key: ak_g
 ";
-
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn records(dir: &Path, tag: &str) -> Vec<serde_json::Value> {
     read_jsonl_tree(dir)

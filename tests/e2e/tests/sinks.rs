@@ -12,58 +12,16 @@ use std::time::{Duration, Instant};
 
 use fluent_bit_sys::FLB_OK;
 use logferry_backend::auth::TokenAuthority;
-use logferry_e2e::backend::{Backend, Credentials, backend_bin, free_port, read_jsonl_tree};
+use logferry_e2e::backend::{
+    Backend, Credentials, backend_bin, dead_letters, free_port, read_jsonl_tree, wait_for,
+};
 use logferry_e2e::host::Host;
 use logferry_e2e::sinks::{Elasticsearch, LOKI_MAX_LINE, Loki, Postgres, S3Server};
-use logferry_e2e::{expected_records, fixture, plugin_path, without_origin};
+use logferry_e2e::{chunk_of, expected_records, fixture, plugin_path, without_origin};
 use rand::Rng;
 use serde_json::{Value, json};
 
 const BIG: &str = "tail-large-14740-records";
-
-fn to_msgpack(value: &Value) -> rmpv::Value {
-    match value {
-        Value::Null => rmpv::Value::Nil,
-        Value::Bool(b) => rmpv::Value::Boolean(*b),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => rmpv::Value::from(i),
-            None => rmpv::Value::from(n.as_f64().unwrap()),
-        },
-        Value::String(s) => rmpv::Value::from(s.as_str()),
-        Value::Array(a) => rmpv::Value::Array(a.iter().map(to_msgpack).collect()),
-        Value::Object(o) => rmpv::Value::Map(
-            o.iter()
-                .map(|(k, v)| (rmpv::Value::from(k.as_str()), to_msgpack(v)))
-                .collect(),
-        ),
-    }
-}
-
-/// A Fluent Bit chunk of `bodies`, one event per body at `sec`.`n`.
-fn chunk_of(sec: u32, bodies: &[Value]) -> (Vec<u8>, Vec<Value>) {
-    let mut chunk = Vec::new();
-    let mut expected = Vec::new();
-    for (n, body) in bodies.iter().enumerate() {
-        let mut time = sec.to_be_bytes().to_vec();
-        time.extend_from_slice(&(n as u32).to_be_bytes());
-        let event = rmpv::Value::Array(vec![
-            rmpv::Value::Array(vec![
-                rmpv::Value::Ext(0, time),
-                rmpv::Value::Map(Vec::new()),
-            ]),
-            to_msgpack(body),
-        ]);
-        rmpv::encode::write_value(&mut chunk, &event).unwrap();
-        expected.push(json!({
-            "time": chrono::DateTime::from_timestamp(i64::from(sec), n as u32)
-                .unwrap()
-                .to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
-            "metadata": {},
-            "record": body,
-        }));
-    }
-    (chunk, expected)
-}
 
 /// Records as sortable strings, without the fields that vary by delivery.
 fn canonical(records: impl IntoIterator<Item = Value>) -> Vec<String> {
@@ -101,26 +59,6 @@ fn assert_same(what: &str, got: &[String], want: &[String]) {
         extra.len(),
         &extra[..extra.len().min(3)]
     );
-}
-
-fn dead_letters(data: &Path, destination: &str) -> Vec<Value> {
-    let file = data
-        .join("dead-letter")
-        .join(destination)
-        .join("dead-letter.jsonl");
-    std::fs::read_to_string(&file)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Credentials of tenant `acme`'s key `ak_a` on `backend`.

@@ -5,7 +5,7 @@
 //! lengths). It is replaced atomically after the sink's data is durable, so the
 //! checkpoint never claims more than the sink holds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -25,6 +25,9 @@ pub struct Checkpoint {
     pub sink: serde_json::Value,
     /// The dead-letter store's file lengths.
     pub dead_letter: serde_json::Value,
+    /// Dead letters (numbered from 1) delivered by `logferry dead-letter replay`.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub replayed: BTreeSet<u64>,
 }
 
 impl Checkpoint {

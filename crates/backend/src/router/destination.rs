@@ -8,7 +8,7 @@
 //! below the agent's mark were delivered already and are skipped; that also covers
 //! a batch the ingest tier stored twice.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use super::checkpoint::Checkpoint;
-use super::decode::{Origin, decode_chunk, render, rfc3339};
+use super::decode::{Event, Origin, decode_chunk, render, rfc3339};
 use crate::ingest::MAX_RAW_BATCH_BYTES;
 use crate::keys::KeyRing;
 use crate::metrics::DestinationMetrics;
@@ -76,6 +76,17 @@ pub enum Format {
     Msgpack,
 }
 
+/// What `Destination::replay` did with one dead letter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replay {
+    /// Sent to the sink (records it refused again are new dead letters).
+    Delivered,
+    /// An earlier replay delivered it.
+    Already,
+    /// It still cannot be delivered, for this reason; it stays.
+    Fails(String),
+}
+
 /// See the module docs.
 pub struct Destination {
     name: String,
@@ -102,6 +113,14 @@ impl std::fmt::Debug for Destination {
             .field("name", &self.name)
             .finish()
     }
+}
+
+/// `base` with the fields of `extra` added.
+fn with(mut base: serde_json::Value, extra: serde_json::Value) -> serde_json::Value {
+    if let (Some(b), Some(e)) = (base.as_object_mut(), extra.as_object()) {
+        b.extend(e.clone());
+    }
+    base
 }
 
 fn now() -> String {
@@ -224,14 +243,29 @@ impl Destination {
     /// (which may store this checkpoint with its data), then records the commit
     /// refused to the dead letters, then the checkpoint file.
     pub fn deliver(&mut self, records: &[Record], next_offset: u64) -> Result<usize> {
+        self.commit_step(next_offset, |this, marks| {
+            for record in records {
+                this.deliver_one(record, marks)?;
+            }
+            Ok(BTreeSet::new())
+        })?;
+        Ok(records.len())
+    }
+
+    /// One all-or-nothing step: `write` hands records to the sink and returns the
+    /// dead letters it replayed; then everything is committed with `next_offset`.
+    /// On error, all of it is undone.
+    fn commit_step(
+        &mut self,
+        next_offset: u64,
+        write: impl FnOnce(&mut Self, &mut BTreeMap<String, u64>) -> Result<BTreeSet<u64>>,
+    ) -> Result<()> {
         if !self.synced {
             self.sync_with_sink()?;
         }
         let mut marks = self.checkpoint.marks.clone();
         let result = (|| -> Result<Checkpoint> {
-            for record in records {
-                self.deliver_one(record, &mut marks)?;
-            }
+            let replayed = write(self, &mut marks)?;
             self.dead_letter_rejected()?;
             let mut checkpoint = Checkpoint {
                 version: Checkpoint::VERSION,
@@ -239,6 +273,7 @@ impl Destination {
                 marks,
                 sink: serde_json::Value::Null,
                 dead_letter: self.dead.commit().context("committing dead letters")?,
+                replayed: self.checkpoint.replayed.union(&replayed).copied().collect(),
             };
             checkpoint.sink = self
                 .sink
@@ -253,7 +288,7 @@ impl Destination {
             Ok(checkpoint) => {
                 self.checkpoint = checkpoint;
                 self.resumed = true;
-                Ok(records.len())
+                Ok(())
             }
             Err(e) => {
                 if let Err(undo) = self.recover() {
@@ -263,6 +298,128 @@ impl Destination {
                 self.synced = false;
                 Err(e)
             }
+        }
+    }
+
+    /// Sends dead letters (`(number, entry)` as `dead-letter.jsonl` holds them) to
+    /// the sink again, in one all-or-nothing step that records their numbers in the
+    /// checkpoint, so each is delivered once however often replay runs. Records the
+    /// sink refuses again become new dead letters; an entry that still cannot be
+    /// delivered (its key is still missing) stays and is reported.
+    pub fn replay(&mut self, entries: &[(u64, serde_json::Value)]) -> Result<Vec<(u64, Replay)>> {
+        if !self.synced {
+            self.sync_with_sink()?;
+        }
+        let mut outcomes = Vec::new();
+        let next = self.checkpoint.next_offset;
+        self.commit_step(next, |this, _| {
+            let mut replayed = BTreeSet::new();
+            for (number, entry) in entries {
+                let outcome = if this.checkpoint.replayed.contains(number) {
+                    Replay::Already
+                } else if let Some(reason) = this.replay_one(entry)? {
+                    Replay::Fails(reason)
+                } else {
+                    replayed.insert(*number);
+                    Replay::Delivered
+                };
+                outcomes.push((*number, outcome));
+            }
+            Ok(replayed)
+        })?;
+        Ok(outcomes)
+    }
+
+    /// The dead letters `replay` has delivered, by number.
+    pub fn replayed(&self) -> &BTreeSet<u64> {
+        &self.checkpoint.replayed
+    }
+
+    /// Writes one dead letter's records to the sink; `Some(reason)` if it still
+    /// cannot be delivered (nothing was written then).
+    fn replay_one(&mut self, entry: &serde_json::Value) -> Result<Option<String>> {
+        let text = |key: &str| entry[key].as_str().unwrap_or_default().to_string();
+        let (tenant, access_key, agent, tag) = (
+            text("tenant"),
+            text("access_key"),
+            text("agent"),
+            text("tag"),
+        );
+        let at = Chunk {
+            tenant: &tenant,
+            access_key: &access_key,
+            agent: &agent,
+            seq: entry["seq"].as_u64().unwrap_or(0),
+            tag: &tag,
+            offset: entry["buffer_offset"].as_u64().unwrap_or(0),
+            first_index: entry["index"].as_u64().unwrap_or(0) as usize,
+            data: &[],
+        };
+        let bytes = |key: &str| {
+            BASE64
+                .decode(entry[key].as_str().unwrap_or_default())
+                .map_err(|e| format!("`{key}` is not base64: {e}"))
+        };
+        if let Some(record) = entry.get("record") {
+            if self.format == Format::Msgpack {
+                return Ok(Some(
+                    "a JSON record cannot go to a msgpack destination".into(),
+                ));
+            }
+            let mut line = match record {
+                serde_json::Value::String(text) => text.clone().into_bytes(),
+                record => serde_json::to_vec(record)?,
+            };
+            line.push(b'\n');
+            self.sink.write(&Chunk { data: &line, ..at })?;
+            self.metrics.records.inc();
+            Ok(None)
+        } else if entry.get("chunk_b64").is_some() {
+            match bytes("chunk_b64") {
+                Ok(data) => self.write_chunk(at, &data),
+                Err(reason) => Ok(Some(reason)),
+            }
+        } else if entry.get("payload_b64").is_some() {
+            let mut agent_id = [0u8; 16];
+            let record = match (
+                bytes("payload_b64"),
+                hex::decode_to_slice(&agent, &mut agent_id),
+            ) {
+                (Ok(payload), Ok(())) => Record {
+                    offset: at.offset,
+                    meta: logferry_buffer::RecordMeta {
+                        tenant: tenant.clone(),
+                        access_key: access_key.clone(),
+                        agent_id,
+                        first_seq: entry["seq_range"][0].as_u64().unwrap_or(0),
+                        last_seq: entry["seq_range"][1].as_u64().unwrap_or(0),
+                        key_id: entry["key_id"].as_u64().unwrap_or(0) as u32,
+                        compression: entry["compression"].as_u64().unwrap_or(0) as u8,
+                        chunk_count: 0,
+                        raw_bytes: 0,
+                        received_unix_ms: 0,
+                    },
+                    payload,
+                },
+                (Err(reason), _) => return Ok(Some(reason)),
+                (_, Err(e)) => return Ok(Some(format!("`agent` is not a hex agent id: {e}"))),
+            };
+            let payload = match self.open_batch(&record) {
+                Ok(payload) => payload,
+                Err((_, reason)) => return Ok(Some(reason)),
+            };
+            let base = json!({
+                "time": now(),
+                "destination": self.name,
+                "tenant": tenant,
+                "access_key": access_key,
+                "agent": agent,
+                "buffer_offset": record.offset,
+            });
+            self.write_chunks(&record, &payload, 0, &base)?;
+            Ok(None)
+        } else {
+            Ok(Some("holds no record, chunk or batch to send".into()))
         }
     }
 
@@ -284,8 +441,13 @@ impl Destination {
             .sink
             .stored_checkpoint()
             .context("reading the checkpoint stored in the sink")?;
-        let local = (self.checkpoint.next_offset, &self.checkpoint.marks);
-        let Some(stored) = stored.filter(|s| (s.next_offset, &s.marks) != local) else {
+        let local = (
+            self.checkpoint.next_offset,
+            &self.checkpoint.marks,
+            &self.checkpoint.replayed,
+        );
+        let Some(stored) = stored.filter(|s| (s.next_offset, &s.marks, &s.replayed) != local)
+        else {
             if self.sink.stores_checkpoint() {
                 self.dead.recover(&self.checkpoint.dead_letter)?;
             }
@@ -409,12 +571,6 @@ impl Destination {
             "agent": agent,
             "buffer_offset": record.offset,
         });
-        let with = |mut base: serde_json::Value, extra: serde_json::Value| {
-            if let (Some(b), Some(e)) = (base.as_object_mut(), extra.as_object()) {
-                b.extend(e.clone());
-            }
-            base
-        };
         let opened = self.open_batch(record);
         let payload = match opened {
             Ok(payload) => payload,
@@ -435,70 +591,91 @@ impl Destination {
                 return Ok(());
             }
         };
-        let at = |seq, tag| Chunk {
-            tenant: &meta.tenant,
-            access_key: &meta.access_key,
-            agent: &agent,
-            seq,
-            tag,
-            offset: record.offset,
-            data: &[],
-        };
+        let delivered_to = self.write_chunks(record, &payload, mark, &base)?;
+        marks.insert(mark_key, delivered_to.max(meta.last_seq));
+        Ok(())
+    }
+
+    /// Writes the chunks of an opened batch whose seq is above `mark` to the sink;
+    /// a chunk that does not decode goes to the dead letters. Returns the last seq.
+    fn write_chunks(
+        &mut self,
+        record: &Record,
+        payload: &BatchPayload,
+        mark: u64,
+        base: &serde_json::Value,
+    ) -> Result<u64> {
+        let meta = &record.meta;
+        let agent = hex::encode(meta.agent_id);
         let mut delivered_to = mark;
         for chunk in &payload.chunks {
             if chunk.seq <= delivered_to {
                 self.metrics.duplicates_skipped.inc();
                 continue;
             }
+            delivered_to = chunk.seq;
             if !self.route.takes_tag(&chunk.tag) {
-                delivered_to = chunk.seq;
                 continue;
             }
-            match decode_chunk(&chunk.data) {
-                Ok(events) if self.format == Format::Msgpack => {
-                    self.sink.write(&Chunk {
-                        data: &chunk.data,
-                        ..at(chunk.seq, &chunk.tag)
-                    })?;
-                    let records = events
-                        .iter()
-                        .filter(|e| matches!(e, super::decode::Event::Record { .. }))
-                        .count();
-                    self.metrics.records.inc_by(records as u64);
-                }
-                Ok(events) => {
-                    self.lines.clear();
-                    let origin = Origin {
-                        tag: &chunk.tag,
-                        tenant: &meta.tenant,
-                        agent: &agent,
-                    };
-                    let n = render(&events, origin, &mut self.lines);
-                    if n > 0 {
-                        self.sink.write(&Chunk {
-                            data: &self.lines,
-                            ..at(chunk.seq, &chunk.tag)
-                        })?;
-                        self.metrics.records.inc_by(n as u64);
-                    }
-                }
-                Err(e) => {
-                    let reason = format!("chunk does not decode: {e}");
-                    warn!(destination = %self.name, seq = chunk.seq, tag = %chunk.tag, "dead-lettering: {reason}");
-                    self.dead_letter(with(
-                        base.clone(),
-                        json!({
-                            "reason": reason,
-                            "seq": chunk.seq,
-                            "tag": chunk.tag,
-                            "chunk_b64": BASE64.encode(&chunk.data),
-                        }),
-                    ))?;
-                }
+            let at = Chunk {
+                tenant: &meta.tenant,
+                access_key: &meta.access_key,
+                agent: &agent,
+                seq: chunk.seq,
+                tag: &chunk.tag,
+                offset: record.offset,
+                first_index: 0,
+                data: &[],
+            };
+            if let Some(reason) = self.write_chunk(at, &chunk.data)? {
+                warn!(destination = %self.name, seq = chunk.seq, tag = %chunk.tag, "dead-lettering: {reason}");
+                self.dead_letter(with(
+                    base.clone(),
+                    json!({
+                        "reason": reason,
+                        "seq": chunk.seq,
+                        "tag": chunk.tag,
+                        "chunk_b64": BASE64.encode(&chunk.data),
+                    }),
+                ))?;
             }
-            delivered_to = chunk.seq;
         }
-        marks.insert(mark_key, delivered_to.max(meta.last_seq));
+        Ok(delivered_to)
+    }
+
+    /// Decodes one Fluent Bit chunk and writes it to the sink in this destination's
+    /// format. `Some(reason)`: the chunk does not decode, and nothing was written.
+    fn write_chunk(&mut self, at: Chunk<'_>, data: &[u8]) -> Result<Option<String>> {
+        match decode_chunk(data) {
+            Ok(events) => self.write_events(at, data, &events).map(|()| None),
+            Err(e) => Ok(Some(format!("chunk does not decode: {e}"))),
+        }
+    }
+
+    fn write_events(&mut self, at: Chunk<'_>, data: &[u8], events: &[Event]) -> Result<()> {
+        if self.format == Format::Msgpack {
+            self.sink.write(&Chunk { data, ..at })?;
+            let records = events
+                .iter()
+                .filter(|e| matches!(e, Event::Record { .. }))
+                .count();
+            self.metrics.records.inc_by(records as u64);
+            return Ok(());
+        }
+        self.lines.clear();
+        let origin = Origin {
+            tag: at.tag,
+            tenant: at.tenant,
+            agent: at.agent,
+        };
+        let n = render(events, origin, &mut self.lines);
+        if n > 0 {
+            self.sink.write(&Chunk {
+                data: &self.lines,
+                ..at
+            })?;
+            self.metrics.records.inc_by(n as u64);
+        }
         Ok(())
     }
 }

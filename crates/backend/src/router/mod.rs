@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 pub use checkpoint::Checkpoint;
-pub use destination::{Destination, Format, Route};
+pub use destination::{Destination, Format, Replay, Route};
 
 use crate::ingest::Marks;
 

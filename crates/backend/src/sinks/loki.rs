@@ -352,6 +352,7 @@ mod tests {
             seq: 1,
             tag: "x",
             offset: 0,
+            first_index: 0,
             data: lines.as_bytes(),
         };
         sink.write(&chunk).unwrap();

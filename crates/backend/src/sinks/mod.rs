@@ -49,6 +49,9 @@ pub struct Chunk<'a> {
     pub tag: &'a str,
     /// Where the batch sits in the buffer.
     pub offset: u64,
+    /// The index in its chunk of the first line of `data`: 0, except for a record
+    /// replayed from the dead letters, which keeps its identity.
+    pub first_index: usize,
     /// JSON lines (one record each), or the raw msgpack events.
     pub data: &'a [u8],
 }
@@ -56,10 +59,12 @@ pub struct Chunk<'a> {
 impl<'a> Chunk<'a> {
     /// The JSON lines with their index in the chunk (part of each record's identity).
     pub fn lines(&self) -> impl Iterator<Item = (usize, &'a [u8])> {
+        let first = self.first_index;
         self.data
             .split(|b| *b == b'\n')
             .filter(|line| !line.is_empty())
             .enumerate()
+            .map(move |(index, line)| (first + index, line))
     }
 }
 

@@ -19,6 +19,10 @@
 //! - before it writes again after a start or a failed step, the sink deletes every
 //!   object whose first offset is at or past the checkpoint's `next_offset`: objects of
 //!   a step that never reached a checkpoint. The step is then written again.
+//! - records sent again by `logferry dead-letter replay` go to
+//!   `dt=<date>/replay-<N, 20 digits>.ndjson.zst`, N being the number of dead letters
+//!   replayed once it is checkpointed; a replay object past the checkpoint's count is
+//!   deleted in the same way.
 //!
 //! Object storage that is down fails the step, which the destination retries with
 //! backoff; `object_store` itself retries each request a few times first.
@@ -162,9 +166,11 @@ pub struct S3Sink {
     /// NDJSON of this step.
     body: Vec<u8>,
     first_offset: Option<u64>,
-    /// Objects at or past this buffer offset were never checkpointed; `Some` until
-    /// they are deleted.
-    clean_from: Option<u64>,
+    /// Objects at or past this buffer offset, and replay objects past this count,
+    /// were never checkpointed; `Some` until they are deleted.
+    clean_from: Option<(u64, u64)>,
+    /// Dead letters replayed, as of the last checkpoint.
+    replayed: u64,
 }
 
 impl std::fmt::Debug for S3Sink {
@@ -173,6 +179,14 @@ impl std::fmt::Debug for S3Sink {
             .field("config", &self.config)
             .finish()
     }
+}
+
+/// The replay count in the name of a replay object.
+fn replay_count_of(name: &str) -> Option<u64> {
+    let (count, extension) = name.strip_prefix("replay-")?.split_once('.')?;
+    (count.len() == 20 && extension.starts_with("ndjson"))
+        .then(|| count.parse().ok())
+        .flatten()
 }
 
 /// The first buffer offset in an object's name, if it is one of ours.
@@ -216,7 +230,8 @@ impl S3Sink {
             executor: Executor::new()?,
             body: Vec::new(),
             first_offset: None,
-            clean_from: Some(0),
+            clean_from: Some((0, 0)),
+            replayed: 0,
         })
     }
 
@@ -226,7 +241,7 @@ impl S3Sink {
 
     /// Deletes the objects of steps that never reached a checkpoint.
     fn clean(&mut self) -> Result<()> {
-        let Some(from) = self.clean_from else {
+        let Some((from, replayed)) = self.clean_from else {
             return Ok(());
         };
         let store = self.store.clone();
@@ -239,7 +254,9 @@ impl S3Sink {
             let Some(name) = object.location.filename() else {
                 continue;
             };
-            if first_offset_of(name).is_some_and(|first| first >= from) {
+            if first_offset_of(name).is_some_and(|first| first >= from)
+                || replay_count_of(name).is_some_and(|count| count > replayed)
+            {
                 warn!(
                     object = %object.location,
                     "deleting an object written after the last checkpoint; its records are \
@@ -275,7 +292,8 @@ impl Sink for S3Sink {
         self.body.clear();
         self.first_offset = None;
         // Cleaned lazily: object storage may be down while the router starts.
-        self.clean_from = Some(state["next_offset"].as_u64().unwrap_or(0));
+        self.replayed = state["replayed"].as_u64().unwrap_or(0);
+        self.clean_from = Some((state["next_offset"].as_u64().unwrap_or(0), self.replayed));
         Ok(())
     }
 
@@ -287,22 +305,26 @@ impl Sink for S3Sink {
 
     fn commit(&mut self, cursor: &Checkpoint) -> Result<serde_json::Value> {
         self.clean()?;
-        let state = serde_json::json!({ "next_offset": cursor.next_offset });
+        let replayed = cursor.replayed.len() as u64;
+        let state = serde_json::json!({ "next_offset": cursor.next_offset, "replayed": replayed });
+        let date = chrono::Utc::now().format("%Y-%m-%d");
+        let extension = self.config.compression.extension();
         if let Some(first) = self.first_offset.take() {
-            if first >= cursor.next_offset {
+            let name = if replayed > self.replayed {
+                // A replay step: records from before the cursor, which stays.
+                format!("dt={date}/replay-{replayed:020}{extension}")
+            } else if first >= cursor.next_offset {
                 bail!(
                     "a step from offset {first} cannot end at {}",
                     cursor.next_offset
                 );
-            }
-            let compression = self.config.compression;
-            let name = format!(
-                "dt={}/{first:020}-{:020}{}",
-                chrono::Utc::now().format("%Y-%m-%d"),
-                cursor.next_offset,
-                compression.extension()
-            );
-            let object = compression.compress(&self.body)?;
+            } else {
+                format!(
+                    "dt={date}/{first:020}-{:020}{extension}",
+                    cursor.next_offset
+                )
+            };
+            let object = self.config.compression.compress(&self.body)?;
             self.body.clear();
             self.put(self.path(&name), object)?;
         }
@@ -311,6 +333,7 @@ impl Sink for S3Sink {
             ..cursor.clone()
         };
         self.put(self.path("_checkpoint.json"), serde_json::to_vec(&stored)?)?;
+        self.replayed = replayed;
         Ok(state)
     }
 
@@ -334,7 +357,8 @@ impl Sink for S3Sink {
         let stored: Checkpoint = serde_json::from_slice(&bytes)
             .with_context(|| format!("`{}/_checkpoint.json` is corrupt", self.config.prefix))?;
         if self.clean_from.is_some() {
-            self.clean_from = Some(stored.next_offset);
+            self.replayed = stored.replayed.len() as u64;
+            self.clean_from = Some((stored.next_offset, self.replayed));
         }
         info!(prefix = %self.config.prefix, "stored checkpoint at offset {}", stored.next_offset);
         Ok(Some(stored))
@@ -357,6 +381,18 @@ mod tests {
         );
         assert_eq!(first_offset_of("_checkpoint.json"), None);
         assert_eq!(first_offset_of("42-50.ndjson"), None);
+        assert_eq!(
+            first_offset_of("replay-00000000000000000003.ndjson.zst"),
+            None
+        );
+        assert_eq!(
+            replay_count_of("replay-00000000000000000003.ndjson.zst"),
+            Some(3)
+        );
+        assert_eq!(
+            replay_count_of("00000000000000000042-00000000000000000050.ndjson.zst"),
+            None
+        );
     }
 
     #[test]
