@@ -35,8 +35,9 @@ use crate::metrics::{self, Metrics};
 use crate::pki::{ServerPki, ensure_dev_pki, server_tls};
 use crate::router::{Destination, Format, Route, Router};
 use crate::sinks::{
-    BasicAuth, ElasticsearchConfig, ElasticsearchSink, FileSink, LokiConfig, LokiSink,
-    ObjectCompression, PostgresConfig, PostgresSink, Rotation, S3Config, S3Sink, StdoutSink,
+    BasicAuth, ElasticsearchConfig, ElasticsearchSink, FileSink, KafkaSink, KafkaSinkConfig,
+    LokiConfig, LokiSink, MessageKey, ObjectCompression, PostgresConfig, PostgresSink, Rotation,
+    S3Config, S3Sink, StdoutSink,
 };
 use crate::tenants::DestinationSpec;
 use crate::tenants::{Registry, TenantStore};
@@ -426,6 +427,9 @@ pub enum SinkPlan {
     /// The config's prefix ends with the destination's name; a Kafka partition's sink
     /// appends `.p<N>`.
     S3(S3Config),
+    /// The config's `destination` (a header of every message) is the destination's
+    /// name; a Kafka partition's sink appends `.p<N>`.
+    Kafka(KafkaSinkConfig),
 }
 
 impl SinkPlan {
@@ -475,6 +479,22 @@ impl SinkPlan {
                     .clone()
                     .unwrap_or_else(|| PostgresConfig::DEFAULT_TABLE.to_string()),
                 cursor: name.to_string(),
+            }),
+            "kafka" => Self::Kafka(KafkaSinkConfig {
+                brokers: spec.brokers.clone().unwrap_or_default(),
+                topic: spec.topic.clone().unwrap_or_default(),
+                key: spec
+                    .key
+                    .as_deref()
+                    .and_then(MessageKey::parse)
+                    .unwrap_or(MessageKey::Agent),
+                destination: name.to_string(),
+                properties: spec
+                    .compression
+                    .iter()
+                    .map(|c| ("compression.type".to_string(), c.clone()))
+                    .chain(spec.properties.clone().unwrap_or_default())
+                    .collect(),
             }),
             "s3" => Self::S3(S3Config {
                 endpoint: spec.url.clone(),
@@ -629,6 +649,10 @@ impl DestinationPlan {
             })),
             SinkPlan::S3(config) => Box::new(S3Sink::new(S3Config {
                 prefix: format!("{}{part}", config.prefix),
+                ..config.clone()
+            })?),
+            SinkPlan::Kafka(config) => Box::new(KafkaSink::new(KafkaSinkConfig {
+                destination: format!("{}{part}", config.destination),
                 ..config.clone()
             })?),
         };

@@ -65,7 +65,7 @@
 //! The registry sits behind [`TenantStore`] so a database-backed store can replace
 //! the file later.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -101,7 +101,7 @@ pub struct TenantSpec {
 #[serde(deny_unknown_fields)]
 pub struct DestinationSpec {
     pub name: String,
-    /// `file`, `stdout`, `elasticsearch`, `loki`, `postgres` or `s3`.
+    /// `file`, `stdout`, `elasticsearch`, `loki`, `postgres`, `s3` or `kafka`.
     #[serde(rename = "type")]
     pub kind: String,
     /// Tag glob, as Fluent Bit's `Match`; default `*`.
@@ -154,7 +154,8 @@ pub struct DestinationSpec {
     /// s3: a file holding the secret access key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_access_key_file: Option<String>,
-    /// s3: `zstd` (default), `gzip` or `none`.
+    /// s3: `zstd` (default), `gzip` or `none`. kafka: `none` (default), `gzip`, `lz4`
+    /// or `snappy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<String>,
     /// s3: the least time between two objects, like `10s` (the default).
@@ -169,6 +170,20 @@ pub struct DestinationSpec {
     /// file: gzip closed files (default false).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gzip: Option<bool>,
+    /// kafka: bootstrap brokers, `host:port[,host:port...]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brokers: Option<String>,
+    /// kafka: the topic (it must exist: `logferry kafka init` creates one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// kafka: each message's key: `agent` (default; an agent's records stay in order
+    /// on one partition), `tag`, `tenant`, `none`, or `record.<field>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// kafka: librdkafka producer properties, passed as they are
+    /// (`message.max.bytes: "2000000"`, `security.protocol: ...`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub properties: Option<BTreeMap<String, String>>,
 }
 
 impl DestinationSpec {
@@ -196,6 +211,10 @@ impl DestinationSpec {
             ("rotate_bytes", self.rotate_bytes.is_some()),
             ("rotate_age", self.rotate_age.is_some()),
             ("gzip", self.gzip.is_some()),
+            ("brokers", self.brokers.is_some()),
+            ("topic", self.topic.is_some()),
+            ("key", self.key.is_some()),
+            ("properties", self.properties.is_some()),
         ]
         .into_iter()
         .filter_map(|(name, set)| set.then_some(name))
@@ -433,6 +452,23 @@ fn check_destinations(tenant: &TenantSpec) -> Result<()> {
             );
         }
     }
+    // Two Kafka destinations of one tenant on one topic would publish the same ids,
+    // and each would take the other's messages for its own when it recovers.
+    let mut topics = std::collections::HashMap::new();
+    for spec in tenant
+        .destinations
+        .iter()
+        .flatten()
+        .filter(|s| s.kind == "kafka")
+    {
+        if let Some(other) = topics.insert((&spec.brokers, &spec.topic), &spec.name) {
+            bail!(
+                "destinations `{other}` and `{}` publish to the same Kafka topic; give one \
+                 of them its own `topic`",
+                spec.name
+            );
+        }
+    }
     for spec in tenant.destinations.iter().flatten() {
         check_name("destination name", &spec.name)?;
         if !names.insert(spec.name.as_str()) {
@@ -462,11 +498,27 @@ fn check_destinations(tenant: &TenantSpec) -> Result<()> {
                 "compression",
                 "batch_max_age",
             ],
+            "kafka" => &["brokers", "topic", "key", "compression", "properties"],
             other => bail!(
                 "{what}: type `{other}` is not one of file, stdout, elasticsearch, loki, \
-                 postgres, s3"
+                 postgres, s3, kafka"
             ),
         };
+        if spec.kind == "kafka" {
+            if spec.brokers.is_none() || spec.topic.is_none() {
+                bail!("{what}: type `kafka` needs `brokers` and `topic`");
+            }
+            if let Some(key) = &spec.key
+                && crate::sinks::MessageKey::parse(key).is_none()
+            {
+                bail!("{what}: key `{key}` is not one of agent, tag, tenant, none, record.<field>");
+            }
+            if let Some(c) = &spec.compression
+                && !["none", "gzip", "lz4", "snappy"].contains(&c.as_str())
+            {
+                bail!("{what}: compression `{c}` is not one of none, gzip, lz4, snappy");
+            }
+        }
         if let Some(size) = &spec.rotate_bytes {
             logferry_agent::config::parse_size("rotate_bytes", size)
                 .map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
@@ -720,7 +772,7 @@ tenants:
         assert_eq!(
             err("      - {name: a, type: gcs}\n"),
             "in the destinations of tenant `acme`: destination `a`: type `gcs` is not one of \
-             file, stdout, elasticsearch, loki, postgres, s3"
+             file, stdout, elasticsearch, loki, postgres, s3, kafka"
         );
         assert!(
             Registry::parse(&format!(
@@ -731,6 +783,28 @@ tenants:
             .is_ok()
         );
         assert!(err("      - {name: a, type: s3}\n").ends_with("type `s3` needs `bucket`"));
+        assert!(
+            err("      - {name: k, type: kafka, topic: t}\n")
+                .ends_with("type `kafka` needs `brokers` and `topic`")
+        );
+        assert!(
+            err("      - {name: k, type: kafka, brokers: b, topic: t, key: level}\n")
+                .contains("key `level` is not one of agent, tag, tenant, none, record.<field>")
+        );
+        assert!(
+            err("      - {name: k, type: kafka, brokers: b, topic: t, compression: zstd}\n")
+                .contains("compression `zstd` is not one of none, gzip, lz4, snappy")
+        );
+        assert!(
+            err("      - {name: a, type: kafka, brokers: b, topic: t}\n      - {name: b, type: kafka, brokers: b, topic: t}\n")
+                .contains("destinations `a` and `b` publish to the same Kafka topic")
+        );
+        assert!(
+            Registry::parse(&format!(
+                "{base}      - {{name: k, type: kafka, brokers: \"k1:9092,k2:9092\", topic: logs, key: record.level, compression: lz4, properties: {{message.max.bytes: \"2000000\"}}}}\n"
+            ))
+            .is_ok()
+        );
         assert!(
             err("      - {name: a, type: postgres, url: x}\n      - {name: b, type: postgres, url: x}\n")
                 .contains("destinations `a` and `b` write the same PostgreSQL table")

@@ -244,3 +244,41 @@ pub fn chunk_of(sec: u32, bodies: &[Value]) -> (Vec<u8>, Vec<Value>) {
     }
     (chunk, expected)
 }
+
+/// Records as sortable strings, without the fields that vary by delivery.
+pub fn canonical(records: impl IntoIterator<Item = Value>) -> Vec<String> {
+    let mut out: Vec<String> = records
+        .into_iter()
+        .map(|r| serde_json::to_string(&without_origin(&r)).unwrap())
+        .collect();
+    out.sort();
+    out
+}
+
+/// Asserts two sorted lists are equal; on failure says what is missing and extra,
+/// briefly.
+pub fn assert_same(what: &str, got: &[String], want: &[String]) {
+    if got == want {
+        return;
+    }
+    let cut = |s: &String| s.chars().take(200).collect::<String>();
+    let missing: Vec<String> = want
+        .iter()
+        .filter(|w| got.binary_search(w).is_err())
+        .map(cut)
+        .collect();
+    let extra: Vec<String> = got
+        .iter()
+        .filter(|g| want.binary_search(g).is_err())
+        .map(cut)
+        .collect();
+    panic!(
+        "{what}: {} records, want {}; {} missing, first: {:#?}; {} unexpected, first: {:#?}",
+        got.len(),
+        want.len(),
+        missing.len(),
+        &missing[..missing.len().min(3)],
+        extra.len(),
+        &extra[..extra.len().min(3)]
+    );
+}

@@ -34,16 +34,7 @@ fn kafka_flags(broker: &Broker) -> Vec<String> {
 }
 
 fn init_topic(broker: &Broker, partitions: u32) {
-    let out = Command::new(backend_bin())
-        .args(["kafka", "init", "--partitions", &partitions.to_string()])
-        .args(kafka_flags(broker))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kafka init: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    broker.create_topic(TOPIC, partitions);
 }
 
 fn start(role: &str, data: &Path, port: u16, broker: &Broker, extra: &[&str]) -> Backend {

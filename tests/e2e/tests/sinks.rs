@@ -17,49 +17,11 @@ use logferry_e2e::backend::{
 };
 use logferry_e2e::host::Host;
 use logferry_e2e::sinks::{Elasticsearch, LOKI_MAX_LINE, Loki, Postgres, S3Server};
-use logferry_e2e::{chunk_of, expected_records, fixture, plugin_path, without_origin};
+use logferry_e2e::{assert_same, canonical, chunk_of, expected_records, fixture, plugin_path};
 use rand::Rng;
 use serde_json::{Value, json};
 
 const BIG: &str = "tail-large-14740-records";
-
-/// Records as sortable strings, without the fields that vary by delivery.
-fn canonical(records: impl IntoIterator<Item = Value>) -> Vec<String> {
-    let mut out: Vec<String> = records
-        .into_iter()
-        .map(|r| serde_json::to_string(&without_origin(&r)).unwrap())
-        .collect();
-    out.sort();
-    out
-}
-
-/// Asserts two sorted lists are equal; on failure says what is missing and extra,
-/// briefly.
-fn assert_same(what: &str, got: &[String], want: &[String]) {
-    if got == want {
-        return;
-    }
-    let cut = |s: &String| s.chars().take(200).collect::<String>();
-    let missing: Vec<String> = want
-        .iter()
-        .filter(|w| got.binary_search(w).is_err())
-        .map(cut)
-        .collect();
-    let extra: Vec<String> = got
-        .iter()
-        .filter(|g| want.binary_search(g).is_err())
-        .map(cut)
-        .collect();
-    panic!(
-        "{what}: {} records, want {}; {} missing, first: {:#?}; {} unexpected, first: {:#?}",
-        got.len(),
-        want.len(),
-        missing.len(),
-        &missing[..missing.len().min(3)],
-        extra.len(),
-        &extra[..extra.len().min(3)]
-    );
-}
 
 /// Credentials of tenant `acme`'s key `ak_a` on `backend`.
 fn acme_credentials(backend: &Backend, data: &Path) -> Credentials {

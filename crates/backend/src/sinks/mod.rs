@@ -13,6 +13,8 @@
 //!   [`Sink::stored_checkpoint`] hands it back, so a committed step is never redone;
 //! - S3: one object per step, named by its buffer offset range, and the checkpoint
 //!   stored beside them; objects past the checkpoint are deleted before writing again;
+//! - Kafka topic: each message carries the record's identity in a header; what a
+//!   step wrote past the checkpoint's high watermarks is read back and not sent again;
 //! - stdout: at least once (a terminal cannot be truncated).
 //!
 //! A record the far side refuses for good (a mapping error, a constraint) is
@@ -22,6 +24,7 @@ mod elasticsearch;
 mod file;
 mod fileset;
 mod http;
+mod kafka;
 mod loki;
 mod postgres;
 mod s3;
@@ -31,6 +34,7 @@ pub use elasticsearch::{ElasticsearchConfig, ElasticsearchSink};
 pub use file::{FileSink, Rotation};
 pub use fileset::FileSet;
 pub use http::BasicAuth;
+pub use kafka::{KafkaSink, KafkaSinkConfig, MessageKey};
 pub use loki::{LokiConfig, LokiSink};
 pub use postgres::{PostgresConfig, PostgresSink};
 pub use s3::{ObjectCompression, S3Config, S3Sink};
