@@ -431,6 +431,13 @@ fn run(cli: Cli) -> Result<()> {
                 ),
             ]);
         }
+        if let Some((sink, plain)) = results.kafka_vs_ceiling() {
+            table.row(vec![
+                "kafka sink / plain producer, same broker: records/s".into(),
+                report::ratio(sink / plain),
+                format!("{sink:.0} vs {plain:.0} messages/s (tansu, SQLite storage)"),
+            ]);
+        }
     }
     if table.is_empty() {
         println!("  (none: ratios need the scenarios on both sides)");

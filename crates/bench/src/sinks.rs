@@ -1,6 +1,6 @@
 //! `sinks`: how fast each sink drains the same backlog.
 //!
-//! For each sink (file, Elasticsearch, Loki, PostgreSQL, S3), one `logferry serve` whose
+//! For each sink (file, Elasticsearch, Loki, PostgreSQL, S3, Kafka), one `logferry serve` whose
 //! only tenant has one destination of that type. The destination is blocked while the
 //! agent streams the load, so the buffer holds all of it. Then the backend stops, the
 //! sink is unblocked, and the backend starts again: the drain is timed from just before
@@ -10,7 +10,8 @@
 //! fails. The file sink is the baseline.
 //!
 //! PostgreSQL is the real server (Debian's package), S3 is `s3s-fs` (a real S3-protocol
-//! server on the file system; both are separate processes whose CPU is not counted).
+//! server on the file system) and Kafka is a tansu broker with SQLite storage (skipped
+//! without one); all three are separate processes whose CPU is not counted.
 //! Elasticsearch and Loki are the
 //! in-test servers of `tests/e2e` (neither product can be installed here), running in
 //! this process: their CPU is not in the backend's figure, and they hold every
@@ -20,7 +21,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
+use logferry_e2e::kafka::Broker;
 use logferry_e2e::sinks::{Elasticsearch, Loki, Postgres, S3Server};
+
+/// The topic of the Kafka sink's run.
+const KAFKA_TOPIC: &str = "records";
 
 use crate::backend::Backend;
 use crate::end_to_end;
@@ -53,6 +58,21 @@ impl SinkRun {
 #[derive(Debug)]
 pub struct SinkResults {
     pub runs: Vec<SinkRun>,
+    /// The broker's own pace: as many messages as the Kafka sink published, of the
+    /// same size, from a plain librdkafka producer with the sink's settings.
+    pub kafka_ceiling: Option<(u64, Duration)>,
+}
+
+impl SinkResults {
+    /// Records/s of the Kafka sink and of the plain producer, if both ran.
+    pub fn kafka_vs_ceiling(&self) -> Option<(f64, f64)> {
+        let run = self.runs.iter().find(|r| r.kind == "kafka")?;
+        let (messages, took) = self.kafka_ceiling?;
+        Some((
+            run.records_per_s(),
+            messages as f64 / took.as_secs_f64().max(1e-9),
+        ))
+    }
 }
 
 impl SinkResults {
@@ -84,8 +104,19 @@ impl SinkResults {
         table.print();
         println!(
             "  raw MB = the msgpack chunks sent; backend CPU only: Elasticsearch and Loki are \
-             in-process test servers, PostgreSQL and s3s-fs separate processes"
+             in-process test servers, PostgreSQL, s3s-fs and tansu separate processes"
         );
+        if let (Some((sink, plain)), Some((messages, took))) =
+            (self.kafka_vs_ceiling(), self.kafka_ceiling)
+        {
+            println!(
+                "  kafka: the broker's own pace, a plain idempotent librdkafka producer sending \
+                 {messages} messages of the same size: {} ({plain:.0} messages/s); the sink \
+                 reaches {}",
+                report::duration(took),
+                report::ratio(sink / plain)
+            );
+        }
     }
 }
 
@@ -97,6 +128,8 @@ enum FarSide {
     Postgres(Postgres),
     /// The server and the file holding its secret key.
     S3(S3Server, PathBuf),
+    /// A tansu broker (SQLite storage in the work directory), topic `records`.
+    Kafka(Broker),
 }
 
 impl FarSide {
@@ -107,6 +140,7 @@ impl FarSide {
             Self::Loki(_) => "loki",
             Self::Postgres(_) => "postgres",
             Self::S3(..) => "s3",
+            Self::Kafka(_) => "kafka",
         }
     }
 
@@ -124,6 +158,10 @@ impl FarSide {
                 S3Server::ACCESS_KEY,
                 secret.display()
             ),
+            Self::Kafka(broker) => format!(
+                "type: kafka\n        brokers: {}\n        topic: {KAFKA_TOPIC}",
+                broker.brokers()
+            ),
         }
     }
 
@@ -139,6 +177,7 @@ impl FarSide {
             Self::Loki(loki) => loki.set_down(true),
             Self::Postgres(pg) => pg.stop(),
             Self::S3(s3, _) => s3.stop(),
+            Self::Kafka(broker) => broker.kill(),
         }
         Ok(())
     }
@@ -150,6 +189,7 @@ impl FarSide {
             Self::Loki(loki) => loki.set_down(false),
             Self::Postgres(pg) => pg.restart(),
             Self::S3(s3, _) => s3.restart(),
+            Self::Kafka(broker) => broker.resume(),
         }
         Ok(())
     }
@@ -166,6 +206,7 @@ impl FarSide {
             }
             Self::Postgres(pg) => pg.count("logferry_records"),
             Self::S3(s3, _) => s3.lines().0.len(),
+            Self::Kafka(broker) => broker.count(KAFKA_TOPIC).max(0) as usize,
         }) as u64
     }
 }
@@ -187,19 +228,106 @@ pub fn run(
 ) -> Result<SinkResults> {
     let secret = work_dir.join("s3-secret");
     std::fs::write(&secret, S3Server::SECRET_KEY)?;
-    let sides = vec![
+    let mut sides = vec![
         FarSide::File,
         FarSide::Elasticsearch(Elasticsearch::start_bulk(0)),
         FarSide::Loki(Loki::start_push(0)),
         FarSide::Postgres(Postgres::start()),
         FarSide::S3(S3Server::start(), secret),
     ];
-    let mut runs = Vec::new();
-    for side in sides {
-        eprintln!("logferry-bench: sinks: {} ...", side.kind());
-        runs.push(run_one(backend_bin, work_dir, chunk, total_bytes, side)?);
+    if logferry_e2e::find_tool("tansu", "TANSU_BIN").is_some() {
+        let dir = work_dir.join("tansu");
+        std::fs::create_dir_all(&dir)?;
+        let broker = Broker::start(&dir, logferry_e2e::backend::free_port());
+        broker.create_topic(KAFKA_TOPIC, 3);
+        sides.push(FarSide::Kafka(broker));
+    } else {
+        eprintln!("logferry-bench: sinks: kafka SKIPPED, no `tansu` found");
     }
-    Ok(SinkResults { runs })
+    let mut runs = Vec::new();
+    let mut kafka_ceiling = None;
+    let mut line_bytes = 0;
+    for mut side in sides {
+        eprintln!("logferry-bench: sinks: {} ...", side.kind());
+        let run = run_one(backend_bin, work_dir, chunk, total_bytes, &mut side)?;
+        match &side {
+            FarSide::File => {
+                line_bytes = tree_bytes(&work_dir.join("sink-file/backend/destinations"))?
+            }
+            FarSide::Kafka(broker) => {
+                eprintln!("logferry-bench: sinks: kafka, a plain producer ...");
+                // The sink's messages are the file sink's lines with `"id":"...",` first.
+                let size = (line_bytes / run.records.max(1)) as usize + 50;
+                kafka_ceiling = Some((run.records, plain_producer(broker, run.records, size)?));
+            }
+            _ => {}
+        }
+        runs.push(run);
+    }
+    Ok(SinkResults {
+        runs,
+        kafka_ceiling,
+    })
+}
+
+/// The bytes of the `.jsonl` files under `dir`.
+fn tree_bytes(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            total += tree_bytes(&path)?;
+        } else if path.extension().is_some_and(|e| e == "jsonl") {
+            total += entry.metadata()?.len();
+        }
+    }
+    Ok(total)
+}
+
+/// Times a plain idempotent producer (`acks=all`, `linger.ms=5`, as the sink's)
+/// sending `messages` messages of `size` bytes to a topic of its own on `broker`,
+/// keyed over 16 keys, until the last delivery report.
+fn plain_producer(broker: &Broker, messages: u64, size: usize) -> Result<Duration> {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    const TOPIC: &str = "plain-producer";
+    broker.create_topic(TOPIC, 3);
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker.brokers())
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create()?;
+    let value = format!("{{\"log\":\"{}\"}}", "x".repeat(size.saturating_sub(10)));
+    let keys: Vec<String> = (0..16).map(|k| format!("{k:032x}")).collect();
+    let started = Instant::now();
+    for n in 0..messages {
+        let key = &keys[(n % 16) as usize];
+        let mut record = BaseRecord::to(TOPIC).key(key).payload(&value);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    back,
+                )) => {
+                    record = back;
+                    producer.poll(Duration::from_millis(5));
+                }
+                Err((e, _)) => bail!("the plain producer: {e}"),
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(300))?;
+    let took = started.elapsed();
+    let landed = broker.count(TOPIC);
+    if landed != messages as i64 {
+        bail!("the plain producer: the topic holds {landed} of {messages} messages");
+    }
+    Ok(took)
 }
 
 fn run_one(
@@ -207,7 +335,7 @@ fn run_one(
     work_dir: &Path,
     chunk: &BenchChunk,
     total_bytes: u64,
-    mut side: FarSide,
+    side: &mut FarSide,
 ) -> Result<SinkRun> {
     let work_dir: PathBuf = work_dir.join(format!("sink-{}", side.kind()));
     let data_dir = work_dir.join("backend");

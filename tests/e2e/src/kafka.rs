@@ -177,13 +177,19 @@ impl Broker {
             .expect("a Kafka consumer")
     }
 
+    /// A new broker on the same port and storage, after [`Broker::kill`].
+    pub fn resume(&mut self) {
+        self.spawn();
+    }
+
     /// SIGKILL, then a new broker on the same port and storage.
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
     }
 
-    fn kill(&mut self) {
+    /// SIGKILL; [`Broker::resume`] starts it again.
+    pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();

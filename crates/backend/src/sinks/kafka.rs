@@ -78,8 +78,12 @@ pub struct KafkaSinkConfig {
 }
 
 impl KafkaSinkConfig {
-    /// How long a step waits for its delivery reports (and a scan for the topic).
+    /// How long a step waits for its delivery reports (and a scan for the topic):
+    /// longer than `message.timeout.ms`, after which librdkafka reports a failure.
     const TIMEOUT: Duration = Duration::from_secs(60);
+    /// How long a metadata or offsets request may take: a broker that is down fails
+    /// the step within this, and a stopping backend waits no longer for it.
+    const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
     fn client(&self, defaults: &[(&str, &str)]) -> ClientConfig {
         let mut config = ClientConfig::new();
@@ -195,7 +199,7 @@ impl KafkaSink {
         let client = self.producer.client();
         let topic = &self.config.topic;
         let metadata = client
-            .fetch_metadata(Some(topic), KafkaSinkConfig::TIMEOUT)
+            .fetch_metadata(Some(topic), KafkaSinkConfig::REQUEST_TIMEOUT)
             .with_context(|| format!("reading the metadata of topic `{topic}`"))?;
         let partitions: Vec<i32> = metadata
             .topics()
@@ -215,7 +219,7 @@ impl KafkaSink {
             .into_iter()
             .map(|p| {
                 client
-                    .fetch_watermarks(topic, p, KafkaSinkConfig::TIMEOUT)
+                    .fetch_watermarks(topic, p, KafkaSinkConfig::REQUEST_TIMEOUT)
                     .map(|w| (p, w))
                     .with_context(|| format!("reading the offsets of `{topic}` partition {p}"))
             })
