@@ -102,6 +102,19 @@ pub struct ServeArgs {
     /// token-signing key); `0s` signs at every commit.
     #[arg(long, env = "LOGFERRY_CHAIN_CHECKPOINT_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub chain_checkpoint_interval: Duration,
+    /// Rotation of the shared `files` destination (tenants without destinations of
+    /// their own): start a new file once one holds this much, like `256M`; `0`: never.
+    /// A tenant's own file destinations set `rotate_bytes` in the registry instead.
+    #[arg(long, env = "LOGFERRY_FILES_ROTATE_BYTES", default_value = "0", value_parser = parse_size)]
+    pub files_rotate_bytes: u64,
+    /// Rotation of the shared `files` destination: start a new file once this backend
+    /// has written to one for this long, like `1h`. Default: never.
+    #[arg(long, env = "LOGFERRY_FILES_ROTATE_AGE", value_parser = humantime::parse_duration)]
+    pub files_rotate_age: Option<Duration>,
+    /// gzip the closed files of the shared `files` destination (needs
+    /// `--files-rotate-bytes` or `--files-rotate-age`).
+    #[arg(long, env = "LOGFERRY_FILES_GZIP")]
+    pub files_gzip: bool,
     /// Flag an agent as silent (`logferry_agent_silent`) once it has stored nothing
     /// for this long.
     #[arg(long, env = "LOGFERRY_AGENT_SILENCE_AFTER", default_value = "5m", value_parser = humantime::parse_duration)]
@@ -566,9 +579,19 @@ pub fn plan_destinations(args: &ServeArgs, registry: &Registry) -> Result<Vec<De
         .filter(|t| t.destinations.is_some())
         .map(|t| t.name.clone())
         .collect();
+    if args.files_gzip && args.files_rotate_bytes == 0 && args.files_rotate_age.is_none() {
+        bail!(
+            "--files-gzip compresses closed files; set --files-rotate-bytes or --files-rotate-age"
+        );
+    }
+    let rotation = Rotation {
+        max_bytes: args.files_rotate_bytes,
+        max_age: args.files_rotate_age,
+        gzip: args.files_gzip,
+    };
     let mut plans = vec![DestinationPlan {
         name: "files".into(),
-        sink: SinkPlan::File(data.join("files"), Rotation::default()),
+        sink: SinkPlan::File(data.join("files"), rotation),
         route: Route {
             except: own,
             ..Route::default()

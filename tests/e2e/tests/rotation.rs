@@ -1,6 +1,8 @@
 //! File rotation by size with gzip of closed files: every record once and in order
 //! across the numbered files, through a `kill -9`; closed files are compressed and
-//! their chains signed to their last byte, and `verify` checks the `.gz` files.
+//! their chains signed to their last byte, and `verify` checks the `.gz` files. Both
+//! for a tenant's own file destination (registry settings) and for the shared `files`
+//! destination (`serve` flags).
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -90,16 +92,32 @@ fn wait_for_logs(dir: &Path, n: usize) {
 
 #[test]
 fn files_rotate_by_size_and_closed_files_are_gzipped_and_verify() {
+    rotates(REGISTRY, &[], "destinations/acme.logs/acme/ak_a");
+}
+
+#[test]
+fn the_shared_files_destination_rotates_with_serve_flags() {
+    let registry = REGISTRY.split("    destinations:").next().unwrap();
+    rotates(
+        registry,
+        &["--files-rotate-bytes", "64K", "--files-gzip"],
+        "files/acme/ak_a",
+    );
+}
+
+/// Two rounds of 5,000 records around a `kill -9`, then the checks of the module docs
+/// on the files of `ak_a` in `dir` (under the data directory).
+fn rotates(registry: &str, flags: &[&str], dir: &str) {
     let data = tempfile::tempdir().unwrap();
-    std::fs::write(data.path().join("tenants.yaml"), REGISTRY).unwrap();
+    std::fs::write(data.path().join("tenants.yaml"), registry).unwrap();
     let port = free_port();
-    let backend = Backend::start(data.path(), port, &[]);
-    let dir: PathBuf = data.path().join("destinations/acme.logs/acme/ak_a");
+    let backend = Backend::start(data.path(), port, flags);
+    let dir: PathBuf = data.path().join(dir);
 
     send(&backend, 0, 5000);
     wait_for_logs(&dir, 5000);
     backend.kill();
-    let backend = Backend::start(data.path(), port, &[]);
+    let backend = Backend::start(data.path(), port, flags);
     send(&backend, 1, 5000);
     wait_for_logs(&dir, 10_000);
     backend.stop();
