@@ -29,9 +29,14 @@ pub struct TopicMessage {
 
 /// A running broker.
 pub struct Broker {
+    /// The port clients connect to.
     pub port: u16,
+    /// The port tansu listens on: `port`, or behind a TLS front another one.
+    listen: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// With TLS: the front's runtime and the CA that signed its certificate.
+    tls: Option<(tokio::runtime::Runtime, PathBuf)>,
 }
 
 impl Broker {
@@ -40,19 +45,72 @@ impl Broker {
     pub fn start(dir: &Path, port: u16) -> Broker {
         let mut broker = Broker {
             port,
+            listen: port,
             dir: dir.to_path_buf(),
             child: None,
+            tls: None,
         };
         broker.spawn();
         broker
     }
 
+    /// A broker that clients reach over TLS only, on `localhost:port`.
+    ///
+    /// tansu has no TLS listener, so a TLS front (rustls, in this process) takes the
+    /// connections on `port` and forwards the decrypted bytes to tansu's plaintext
+    /// listener on another loopback port; tansu advertises the front, so librdkafka
+    /// talks TLS to every broker address it learns. What is tested is librdkafka's
+    /// TLS client (`security.protocol=ssl`, certificate and host name checked against
+    /// [`Broker::client_properties`]'s CA), not a broker's TLS.
+    pub fn start_tls(dir: &Path, port: u16) -> Broker {
+        let pki = logferry_backend::pki::ensure_dev_pki(&dir.join("tls")).expect("a test PKI");
+        let listen = crate::backend::free_port();
+        let runtime = tls_front(port, listen, &pki);
+        let mut broker = Broker {
+            port,
+            listen,
+            dir: dir.to_path_buf(),
+            child: None,
+            tls: Some((runtime, pki.ca.expect("the development CA"))),
+        };
+        broker.spawn();
+        broker
+    }
+
+    /// The librdkafka properties a client needs: TLS with the front's CA, if any.
+    pub fn client_properties(&self) -> Vec<(String, String)> {
+        match &self.tls {
+            Some((_, ca)) => vec![
+                ("security.protocol".into(), "ssl".into()),
+                ("ssl.ca.location".into(), ca.display().to_string()),
+            ],
+            None => Vec::new(),
+        }
+    }
+
+    /// [`Broker::client_properties`] as `--kafka-property` flags.
+    pub fn client_flags(&self) -> Vec<String> {
+        self.client_properties()
+            .into_iter()
+            .flat_map(|(k, v)| ["--kafka-property".to_string(), format!("{k}={v}")])
+            .collect()
+    }
+
     fn spawn(&mut self) {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let url = format!("tcp://127.0.0.1:{}", self.listen);
+        let advertised = match self.tls {
+            Some(_) => format!("tcp://localhost:{}", self.port),
+            None => url.clone(),
+        };
         let log = std::fs::File::create(self.dir.join("tansu.log")).expect("tansu log file");
         let child = Command::new(tansu_bin())
             .arg("broker")
-            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &advertised,
+            ])
             .args(["--storage-engine", "sqlite://tansu.db"])
             .current_dir(&self.dir)
             .stdin(Stdio::null())
@@ -62,11 +120,11 @@ impl Broker {
             .expect("spawn tansu");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while TcpStream::connect(("127.0.0.1", self.listen)).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "tansu did not listen on {} within 30 s; its log:\n{}",
-                self.port,
+                self.listen,
                 std::fs::read_to_string(self.dir.join("tansu.log")).unwrap_or_default()
             );
             std::thread::sleep(Duration::from_millis(50));
@@ -77,14 +135,20 @@ impl Broker {
     pub fn unstarted(dir: &Path, port: u16) -> Broker {
         Broker {
             port,
+            listen: port,
             dir: dir.to_path_buf(),
             child: None,
+            tls: None,
         }
     }
 
-    /// `host:port` for clients.
+    /// `host:port` for clients (`localhost`, the name in the TLS front's certificate,
+    /// with TLS).
     pub fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        match self.tls {
+            Some(_) => format!("localhost:{}", self.port),
+            None => format!("127.0.0.1:{}", self.port),
+        }
     }
 
     /// Creates `topic` with `partitions` partitions (`logferry kafka init`).
@@ -92,6 +156,7 @@ impl Broker {
         let out = Command::new(crate::backend::backend_bin())
             .args(["kafka", "init", "--partitions", &partitions.to_string()])
             .args(["--kafka-brokers", &self.brokers(), "--kafka-topic", topic])
+            .args(self.client_flags())
             .output()
             .expect("run logferry kafka init");
         assert!(
@@ -167,7 +232,11 @@ impl Broker {
     }
 
     fn consumer(&self) -> rdkafka::consumer::BaseConsumer {
-        rdkafka::ClientConfig::new()
+        let mut config = rdkafka::ClientConfig::new();
+        for (name, value) in self.client_properties() {
+            config.set(name, value);
+        }
+        config
             .set("bootstrap.servers", self.brokers())
             .set("group.id", "logferry-e2e-reader")
             .set("enable.auto.commit", "false")
@@ -201,4 +270,50 @@ impl Drop for Broker {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Accepts TLS on `127.0.0.1:port` (the certificate of `pki`) and forwards each
+/// connection's bytes to `127.0.0.1:upstream`; runs until the runtime is dropped.
+fn tls_front(
+    port: u16,
+    upstream: u16,
+    pki: &logferry_backend::pki::ServerPki,
+) -> tokio::runtime::Runtime {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    logferry_backend::install_crypto_provider();
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&pki.cert)
+        .expect("the front's certificate")
+        .collect::<Result<_, _>>()
+        .expect("the front's certificate");
+    let key = PrivateKeyDer::from_pem_file(&pki.key).expect("the front's key");
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("a TLS server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind the TLS front");
+    listener.set_nonblocking(true).expect("non-blocking");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("the TLS front's runtime");
+    runtime.spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut broker) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut broker).await;
+            });
+        }
+    });
+    runtime
 }

@@ -25,12 +25,14 @@ fn router_flags(_id: usize) -> Vec<&'static str> {
 }
 
 fn kafka_flags(broker: &Broker) -> Vec<String> {
-    vec![
+    let mut flags = vec![
         "--kafka-brokers".into(),
         broker.brokers(),
         "--kafka-topic".into(),
         TOPIC.into(),
-    ]
+    ];
+    flags.extend(broker.client_flags());
+    flags
 }
 
 fn init_topic(broker: &Broker, partitions: u32) {
@@ -419,4 +421,46 @@ fn a_batch_larger_than_kafka_takes_is_refused_clearly() {
         "ingest says why"
     );
     drop((ingest, broker));
+}
+
+/// TLS to the broker: librdkafka is built with OpenSSL, and `kafka init`, `ingest` and
+/// `route` reach a broker that takes TLS only (a rustls front before tansu, which has
+/// no TLS listener; see [`Broker::start_tls`]) with `--kafka-property
+/// security.protocol=ssl` and the CA. Every record arrives once, in order.
+#[test]
+fn ingest_and_route_talk_tls_to_the_broker() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    const LINES: usize = 20_000;
+    let broker_dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start_tls(broker_dir.path(), free_port());
+    // The port takes TLS only: a plaintext client learns nothing from it.
+    let plain: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", broker.brokers())
+        .create()
+        .unwrap();
+    assert!(plain.fetch_metadata(None, Duration::from_secs(3)).is_err());
+    drop(plain);
+    init_topic(&broker, 2);
+
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let ingest = start("ingest", data.path(), port, &broker, &[]);
+    let _router = start("route", data.path(), 0, &broker, &router_flags(1));
+    let mut sender = send(
+        &ingest,
+        &format!("https://127.0.0.1:{port}"),
+        0,
+        LINES,
+        Duration::from_millis(20),
+    );
+    assert!(sender.wait().unwrap().success(), "the sender gave up");
+    let files = data.path().join("files");
+    assert_eq!(wait_lines(&files, LINES, Duration::from_secs(60)), LINES);
+    std::thread::sleep(Duration::from_secs(1));
+    let lines: Vec<String> = read_jsonl_tree(&files)
+        .iter()
+        .map(|r| r["record"]["log"].as_str().unwrap().to_string())
+        .collect();
+    let want: Vec<String> = (0..LINES).map(|n| format!("agent-0 line {n:07}")).collect();
+    assert_eq!(lines, want, "every record once, in order");
 }
