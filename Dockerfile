@@ -19,12 +19,13 @@
 FROM rust:1.95-bookworm AS builder
 
 # bindgen (crates/fluent-bit-sys) loads libclang; protoc comes vendored with the build;
-# cmake builds the bundled librdkafka (Kafka mode), whose CMake build includes curl.h.
+# cmake builds the bundled librdkafka (Kafka mode), whose CMake build includes curl.h,
+# against the system OpenSSL (libssl-dev) for TLS to the brokers.
 # Build-only packages from the pinned Debian release, so not pinned individually.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        clang libclang-dev cmake libcurl4-openssl-dev \
+        clang libclang-dev cmake libcurl4-openssl-dev libssl-dev \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
@@ -45,6 +46,13 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # Debian 12 (bookworm) like the builder, so the binary finds the glibc it was linked
 # with. Bump the point release (12.x) to pick up security fixes.
 FROM debian:12.12-slim AS backend
+
+# libssl3: librdkafka links the system OpenSSL (TLS to Kafka brokers); the slim image
+# does not have it. From the pinned Debian release, so not pinned individually.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends libssl3 \
+    && rm -rf /var/lib/apt/lists/*
 
 ARG LOGFERRY_UID=10001
 RUN groupadd --system --gid "${LOGFERRY_UID}" logferry \
