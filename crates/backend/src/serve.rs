@@ -463,6 +463,12 @@ impl SinkPlan {
             password: password.clone().unwrap_or_default(),
         });
         let url = spec.url.clone().unwrap_or_default();
+        let ca = spec
+            .ca_file
+            .as_deref()
+            .map(|file| crate::sinks::tls::ca_certs(Path::new(file)))
+            .transpose()
+            .with_context(|| format!("destination `{name}`: ca_file"))?;
         Ok(match spec.kind.as_str() {
             "stdout" => Self::Stdout,
             "elasticsearch" => Self::Elasticsearch(ElasticsearchConfig {
@@ -472,6 +478,7 @@ impl SinkPlan {
                     .clone()
                     .unwrap_or_else(|| format!("logferry-{}", tenant.to_lowercase())),
                 auth,
+                ca: ca.clone(),
                 bulk_max_bytes: ElasticsearchConfig::DEFAULT_BULK_MAX_BYTES,
             }),
             "loki" => Self::Loki(LokiConfig {
@@ -482,6 +489,7 @@ impl SinkPlan {
                     .unwrap_or(LokiConfig::DEFAULT_MAX_LABEL_VALUES),
                 org_id: spec.org_id.clone(),
                 auth,
+                ca: ca.clone(),
                 batch_max_bytes: LokiConfig::DEFAULT_BATCH_MAX_BYTES,
             }),
             "postgres" => Self::Postgres(PostgresConfig {
@@ -492,6 +500,7 @@ impl SinkPlan {
                     .clone()
                     .unwrap_or_else(|| PostgresConfig::DEFAULT_TABLE.to_string()),
                 cursor: name.to_string(),
+                ca,
             }),
             "kafka" => Self::Kafka(KafkaSinkConfig {
                 brokers: spec.brokers.clone().unwrap_or_default(),

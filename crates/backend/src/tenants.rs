@@ -138,6 +138,10 @@ pub struct DestinationSpec {
     /// elasticsearch, loki, postgres: a file holding the password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<String>,
+    /// elasticsearch, loki, postgres: CA certificates (PEM) the server's TLS
+    /// certificate is checked against; default: Mozilla's roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
     /// s3: the bucket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bucket: Option<String>,
@@ -198,6 +202,7 @@ impl DestinationSpec {
             ("org_id", self.org_id.is_some()),
             ("username", self.username.is_some()),
             ("password_file", self.password_file.is_some()),
+            ("ca_file", self.ca_file.is_some()),
             ("bucket", self.bucket.is_some()),
             ("region", self.region.is_some()),
             ("prefix", self.prefix.is_some()),
@@ -478,7 +483,7 @@ fn check_destinations(tenant: &TenantSpec) -> Result<()> {
         let allowed: &[&str] = match spec.kind.as_str() {
             "file" => &["rotate_bytes", "rotate_age", "gzip"],
             "stdout" => &[],
-            "elasticsearch" => &["url", "index", "username", "password_file"],
+            "elasticsearch" => &["url", "index", "username", "password_file", "ca_file"],
             "loki" => &[
                 "url",
                 "labels",
@@ -486,8 +491,9 @@ fn check_destinations(tenant: &TenantSpec) -> Result<()> {
                 "org_id",
                 "username",
                 "password_file",
+                "ca_file",
             ],
-            "postgres" => &["url", "table", "password_file"],
+            "postgres" => &["url", "table", "password_file", "ca_file"],
             "s3" => &[
                 "url",
                 "bucket",

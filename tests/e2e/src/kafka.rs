@@ -65,7 +65,7 @@ impl Broker {
     pub fn start_tls(dir: &Path, port: u16) -> Broker {
         let pki = logferry_backend::pki::ensure_dev_pki(&dir.join("tls")).expect("a test PKI");
         let listen = crate::backend::free_port();
-        let runtime = tls_front(port, listen, &pki);
+        let runtime = crate::tls_front(port, listen, &pki);
         let mut broker = Broker {
             port,
             listen,
@@ -270,50 +270,4 @@ impl Drop for Broker {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-/// Accepts TLS on `127.0.0.1:port` (the certificate of `pki`) and forwards each
-/// connection's bytes to `127.0.0.1:upstream`; runs until the runtime is dropped.
-fn tls_front(
-    port: u16,
-    upstream: u16,
-    pki: &logferry_backend::pki::ServerPki,
-) -> tokio::runtime::Runtime {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    logferry_backend::install_crypto_provider();
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&pki.cert)
-        .expect("the front's certificate")
-        .collect::<Result<_, _>>()
-        .expect("the front's certificate");
-    let key = PrivateKeyDer::from_pem_file(&pki.key).expect("the front's key");
-    let config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .expect("a TLS server config");
-    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
-    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind the TLS front");
-    listener.set_nonblocking(true).expect("non-blocking");
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("the TLS front's runtime");
-    runtime.spawn(async move {
-        let listener = tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let Ok(mut broker) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
-                else {
-                    return;
-                };
-                let _ = tokio::io::copy_bidirectional(&mut tls, &mut broker).await;
-            });
-        }
-    });
-    runtime
 }

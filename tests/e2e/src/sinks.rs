@@ -444,6 +444,8 @@ pub struct Postgres {
     bin: PathBuf,
     child: Option<Child>,
     pub port: u16,
+    /// With TLS: the CA that signed the server's certificate.
+    pub ca: Option<PathBuf>,
 }
 
 fn postgres_bin() -> PathBuf {
@@ -484,6 +486,17 @@ fn as_postgres_user(program: &Path) -> Command {
 
 impl Postgres {
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// A server that takes TCP connections over TLS only (`hostssl`; plaintext TCP is
+    /// rejected), with a certificate for `127.0.0.1` and `localhost` signed by
+    /// [`Postgres::ca`]. The harness itself connects over the Unix socket.
+    pub fn start_tls() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Self {
         let bin = postgres_bin();
         let dir = tempfile::tempdir().unwrap();
         // SAFETY: geteuid has no preconditions.
@@ -509,12 +522,44 @@ impl Postgres {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+        let ca = tls.then(|| {
+            let pki =
+                logferry_backend::pki::ensure_dev_pki(&dir.path().join("tls")).expect("a test PKI");
+            std::fs::copy(&pki.cert, data.join("server.crt")).unwrap();
+            std::fs::copy(&pki.key, data.join("server.key")).unwrap();
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } == 0 {
+                for file in ["server.crt", "server.key"] {
+                    let status = Command::new("chown")
+                        .arg("postgres:postgres")
+                        .arg(data.join(file))
+                        .status()
+                        .unwrap();
+                    assert!(status.success());
+                }
+            }
+            let conf = data.join("postgresql.conf");
+            let mut text = std::fs::read_to_string(&conf).unwrap();
+            text.push_str(
+                "\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n",
+            );
+            std::fs::write(&conf, text).unwrap();
+            std::fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\n\
+                 hostssl all all 127.0.0.1/32 trust\n\
+                 hostnossl all all 127.0.0.1/32 reject\n",
+            )
+            .unwrap();
+            pki.ca.expect("the development CA")
+        });
         let mut server = Self {
             _dir: dir,
             data,
             bin,
             child: None,
             port: crate::backend::free_port(),
+            ca,
         };
         server.run();
         server
@@ -561,7 +606,13 @@ impl Postgres {
     }
 
     fn try_client(&self) -> Result<postgres::Client, postgres::Error> {
-        postgres::Client::connect(&self.url(), postgres::NoTls)
+        // Over the Unix socket, which takes plaintext whether TCP needs TLS or not.
+        postgres::Config::new()
+            .user("postgres")
+            .dbname("postgres")
+            .host_path(self.data.parent().expect("the socket directory"))
+            .port(self.port)
+            .connect(postgres::NoTls)
     }
 
     pub fn client(&self) -> postgres::Client {

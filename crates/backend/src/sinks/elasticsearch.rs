@@ -17,6 +17,8 @@ use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use tracing::warn;
 
+use rustls_pki_types::CertificateDer;
+
 use super::http::{self, BasicAuth, Client};
 use super::{Chunk, Rejected, Sink};
 use crate::router::Checkpoint;
@@ -28,6 +30,9 @@ pub struct ElasticsearchConfig {
     pub url: String,
     pub index: String,
     pub auth: Option<BasicAuth>,
+    /// The CA certificates an `https` server's certificate is checked against;
+    /// `None`: Mozilla's roots.
+    pub ca: Option<Vec<CertificateDer<'static>>>,
     /// A bulk request is sent once it holds this many bytes (and at commit).
     pub bulk_max_bytes: usize,
 }
@@ -103,7 +108,7 @@ impl ItemAnswer {
 impl ElasticsearchSink {
     pub fn new(config: ElasticsearchConfig) -> Self {
         Self {
-            client: Client::new(config.auth.as_ref()),
+            client: Client::new(config.auth.as_ref(), config.ca.as_deref()),
             config,
             items: Vec::new(),
             bytes: 0,

@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use rustls_pki_types::CertificateDer;
 
 /// How often a request that got a retryable answer is sent before the step fails
 /// (the destination then retries the whole step with its own backoff).
@@ -69,10 +70,22 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    pub fn new(auth: Option<&BasicAuth>) -> Self {
+    /// `ca`: the CA certificates `https` servers are checked against; `None`:
+    /// Mozilla's roots.
+    pub fn new(auth: Option<&BasicAuth>, ca: Option<&[CertificateDer<'static>]>) -> Self {
+        let roots = match ca {
+            Some(certs) => ureq::tls::RootCerts::Specific(std::sync::Arc::new(
+                certs
+                    .iter()
+                    .map(|c| ureq::tls::Certificate::from_der(c).to_owned())
+                    .collect(),
+            )),
+            None => ureq::tls::RootCerts::WebPki,
+        };
         let agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(30)))
             .http_status_as_error(false)
+            .tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build())
             .build()
             .into();
         Self {

@@ -27,6 +27,8 @@ use serde::Serialize;
 use tracing::warn;
 
 use super::http::{self, BasicAuth, Client};
+use rustls_pki_types::CertificateDer;
+
 use super::{Chunk, Rejected, Sink};
 use crate::router::Checkpoint;
 
@@ -41,6 +43,9 @@ pub struct LokiConfig {
     /// `X-Scope-OrgID`; `None`: the tenant's name.
     pub org_id: Option<String>,
     pub auth: Option<BasicAuth>,
+    /// The CA certificates an `https` server's certificate is checked against;
+    /// `None`: Mozilla's roots.
+    pub ca: Option<Vec<CertificateDer<'static>>>,
     /// A push is sent once it holds this many bytes of lines (and at commit).
     pub batch_max_bytes: usize,
 }
@@ -112,7 +117,7 @@ pub fn label_name(key: &str) -> String {
 impl LokiSink {
     pub fn new(config: LokiConfig) -> Self {
         Self {
-            client: Client::new(config.auth.as_ref()),
+            client: Client::new(config.auth.as_ref(), config.ca.as_deref()),
             config,
             entries: Vec::new(),
             bytes: 0,
@@ -303,6 +308,7 @@ mod tests {
             max_label_values: 1,
             org_id: None,
             auth: None,
+            ca: None,
             batch_max_bytes: usize::MAX,
         };
         let mut sink = LokiSink::new(config.clone());
@@ -335,6 +341,7 @@ mod tests {
             max_label_values: 2,
             org_id: None,
             auth: None,
+            ca: None,
             batch_max_bytes: usize::MAX,
         });
         let values: Vec<String> = ["a", "b", "c", "a", "d"]

@@ -29,6 +29,7 @@ mod loki;
 mod postgres;
 mod s3;
 mod stdout;
+pub mod tls;
 
 pub use elasticsearch::{ElasticsearchConfig, ElasticsearchSink};
 pub use file::{FileSink, Rotation};

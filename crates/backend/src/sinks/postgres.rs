@@ -16,12 +16,15 @@
 //! A record PostgreSQL cannot hold (`\u0000` in a string, which `jsonb` refuses; a
 //! time outside `timestamptz`'s range) goes to the dead letters. A server that is down fails the step, which the
 //! destination retries with backoff; the connection is made again each time.
-//! Connections are plaintext: use a Unix socket or a private network.
+//! Connections are TLS when the server offers it (`sslmode=prefer`, libpq's default) or
+//! the URL asks for it (`sslmode=require`), checked against the destination's
+//! `ca_file` or Mozilla's roots; `sslmode=disable` keeps them plaintext.
 
 use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use rustls_pki_types::CertificateDer;
 use tracing::info;
 
 use super::{Chunk, Rejected, Sink};
@@ -37,6 +40,10 @@ pub struct PostgresConfig {
     pub table: String,
     /// The key of this destination's row in `logferry_cursors`.
     pub cursor: String,
+    /// The CA certificates a server's certificate is checked against when the
+    /// connection is TLS (`sslmode=prefer`, the default, or `require`); `None`:
+    /// Mozilla's roots.
+    pub ca: Option<Vec<CertificateDer<'static>>>,
 }
 
 impl std::fmt::Debug for PostgresConfig {
@@ -106,9 +113,10 @@ impl PostgresSink {
             }
             config.connect_timeout(Duration::from_secs(10));
             config.application_name("logferry");
-            let mut client = config
-                .connect(postgres::NoTls)
-                .context("connecting to PostgreSQL")?;
+            let tls = tokio_postgres_rustls::MakeRustlsConnect::new(super::tls::client_config(
+                self.config.ca.as_deref(),
+            )?);
+            let mut client = config.connect(tls).context("connecting to PostgreSQL")?;
             let table = &self.config.table;
             client
                 .batch_execute(&format!(
