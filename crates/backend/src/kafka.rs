@@ -249,6 +249,8 @@ pub struct KafkaProducer {
     producer: FutureProducer,
     topic: String,
     brokers: String,
+    /// `logferry_kafka_produce_failures_total{reason}`.
+    failures: prometheus::IntCounterVec,
 }
 
 impl std::fmt::Debug for KafkaProducer {
@@ -261,7 +263,7 @@ impl std::fmt::Debug for KafkaProducer {
 
 impl KafkaProducer {
     /// An idempotent producer (`acks=all`); checks the topic (see [`check_topic`]).
-    pub fn new(args: &KafkaArgs) -> Result<Self> {
+    pub fn new(args: &KafkaArgs, failures: prometheus::IntCounterVec) -> Result<Self> {
         let producer: FutureProducer = args
             .config_with(&[
                 ("enable.idempotence", "true"),
@@ -280,6 +282,7 @@ impl KafkaProducer {
             producer,
             topic: args.kafka_topic.clone(),
             brokers: args.kafka_brokers.clone(),
+            failures,
         })
     }
 
@@ -297,18 +300,22 @@ impl KafkaProducer {
 
     fn status(&self, error: &KafkaError) -> Status {
         let code = error.rdkafka_error_code();
-        let (status, what) = match code {
+        let (status, reason, what) = match code {
             Some(RDKafkaErrorCode::QueueFull) => (
                 Status::resource_exhausted as fn(String) -> Status,
-                "the produce queue is full",
+                "queue_full",
+                "the produce queue is full (Kafka takes batches slower than agents send \
+                 them; `queue.buffering.max.messages` / `queue.buffering.max.kbytes` size it)",
             ),
             Some(RDKafkaErrorCode::MessageSizeTooLarge) => (
                 Status::resource_exhausted as fn(String) -> Status,
+                "message_too_large",
                 "the batch is larger than Kafka accepts (raise message.max.bytes on the \
                  topic, or lower batch.max_bytes on agents)",
             ),
             Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => (
                 Status::unavailable as fn(String) -> Status,
+                "topic_missing",
                 "the topic does not exist (create it with `logferry kafka init`)",
             ),
             Some(
@@ -317,13 +324,16 @@ impl KafkaProducer {
                 | RDKafkaErrorCode::SaslAuthenticationFailed,
             ) => (
                 Status::unavailable as fn(String) -> Status,
+                "authorization",
                 "Kafka refused this ingester (authorization)",
             ),
             _ => (
                 Status::unavailable as fn(String) -> Status,
+                "unavailable",
                 "Kafka did not take the batch (broker down or unreachable?)",
             ),
         };
+        self.failures.with_label_values(&[reason]).inc();
         warn!(brokers = %self.brokers, topic = %self.topic, "cannot store a batch: {what}: {error}");
         let mut status = status(format!("{what}: {error}"));
         status.metadata_mut().insert(

@@ -26,6 +26,7 @@
 //! | `destination_lag_batches` | gauge | destination | stored batches not yet delivered |
 //! | `destination_batches_opened_total` | counter | destination, key_id | batches opened; key id `0`: not encrypted |
 //! | `destination_open_failures_total` | counter | destination, reason | batches dead-lettered because they did not open: `unknown_key`, `seal`, `payload` |
+//! | `kafka_produce_failures_total` | counter | reason | batches `logferry ingest` could not store in Kafka (the agent keeps them): `queue_full`, `message_too_large`, `topic_missing`, `authorization`, `unavailable` |
 //!
 //! `/healthz` answers 200 while the process runs. `/readyz` answers 503 until the
 //! buffer has been recovered and the gRPC listener is up, and again once shutdown has
@@ -58,6 +59,7 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     pub rate_limited: IntCounterVec,
     pub registry_reloads: IntCounterVec,
+    pub kafka_produce_failures: IntCounterVec,
     pub registry_version: IntGauge,
     pub revoked_tokens: IntGauge,
     pub buffer_bytes: IntGauge,
@@ -189,6 +191,11 @@ impl Metrics {
                 "destination_duplicates_skipped_total",
                 "Chunks skipped because the destination had delivered them already",
                 &["destination"],
+            )?,
+            kafka_produce_failures: counter(
+                "kafka_produce_failures_total",
+                "Batches the ingest tier could not store in Kafka, by reason",
+                &["reason"],
             )?,
             rate_limited: counter(
                 "rate_limited_total",

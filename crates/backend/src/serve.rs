@@ -276,10 +276,11 @@ pub async fn run_role(args: ServeArgs, role: Role) -> Result<()> {
             (Storage::Embedded(log.clone()), marks, Some(log))
         }
         Role::Ingest(kafka) => {
-            let kafka = kafka.clone();
-            let producer =
-                tokio::task::spawn_blocking(move || crate::kafka::KafkaProducer::new(&kafka))
-                    .await??;
+            let (kafka, failures) = (kafka.clone(), metrics.kafka_produce_failures.clone());
+            let producer = tokio::task::spawn_blocking(move || {
+                crate::kafka::KafkaProducer::new(&kafka, failures)
+            })
+            .await??;
             (
                 Storage::Kafka(Arc::new(producer)),
                 Arc::new(Marks::in_memory()),

@@ -246,6 +246,15 @@ impl Broker {
             .expect("a Kafka consumer")
     }
 
+    /// SIGSTOP (`true`) or SIGCONT (`false`): a broker that holds connections open
+    /// and answers nothing, as an overloaded or stalled one does.
+    pub fn pause(&self, paused: bool) {
+        let child = self.child.as_ref().expect("a running broker");
+        let signal = if paused { libc::SIGSTOP } else { libc::SIGCONT };
+        // SAFETY: kill with a valid pid and signal.
+        unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+    }
+
     /// A new broker on the same port and storage, after [`Broker::kill`].
     pub fn resume(&mut self) {
         self.spawn();

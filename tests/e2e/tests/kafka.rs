@@ -464,3 +464,79 @@ fn ingest_and_route_talk_tls_to_the_broker() {
     let want: Vec<String> = (0..LINES).map(|n| format!("agent-0 line {n:07}")).collect();
     assert_eq!(lines, want, "every record once, in order");
 }
+
+/// A produce queue that fills while the broker stalls (SIGSTOP): ingest refuses the
+/// next batch with `RESOURCE_EXHAUSTED`, a log line saying what to change, and
+/// `logferry_kafka_produce_failures_total{reason="queue_full"}`; the agent keeps its
+/// batches, and once the broker goes on every record arrives once, in order.
+#[test]
+fn a_full_produce_queue_is_refused_clearly_and_nothing_is_lost() {
+    const LINES: usize = 3_000;
+    let broker_dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(broker_dir.path(), free_port());
+    init_topic(&broker, 1);
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let ingest = start(
+        "ingest",
+        data.path(),
+        port,
+        &broker,
+        &["--kafka-property", "queue.buffering.max.messages=1"],
+    );
+    let _router = start("route", data.path(), 0, &broker, &router_flags(1));
+    broker.pause(true);
+    // Ingest stores one batch of a stream at a time: two agents, two batches at once.
+    let mut senders: Vec<Child> = (0..2)
+        .map(|agent| {
+            send(
+                &ingest,
+                &format!("https://127.0.0.1:{port}"),
+                agent,
+                LINES,
+                Duration::from_millis(20),
+            )
+        })
+        .collect();
+    let full = ingest.wait_for_metric(
+        "logferry_kafka_produce_failures_total{reason=\"queue_full\"}",
+        1.0,
+        Duration::from_secs(60),
+    );
+    assert!(
+        full >= 1.0,
+        "no queue-full refusal counted: {:#?}",
+        ingest.stderr()
+    );
+    assert!(
+        ingest
+            .stderr()
+            .iter()
+            .any(|l| l.contains("cannot store a batch: the produce queue is full")),
+        "{:?}",
+        ingest.stderr()
+    );
+    broker.pause(false);
+    for sender in &mut senders {
+        assert!(sender.wait().unwrap().success(), "a sender gave up");
+    }
+    let files = data.path().join("files");
+    assert_eq!(
+        wait_lines(&files, 2 * LINES, Duration::from_secs(90)),
+        2 * LINES
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let records = read_jsonl_tree(&files);
+    for agent in 0..2 {
+        let prefix = format!("agent-{agent} ");
+        let lines: Vec<&str> = records
+            .iter()
+            .map(|r| r["record"]["log"].as_str().unwrap())
+            .filter(|l| l.starts_with(&prefix))
+            .collect();
+        let want: Vec<String> = (0..LINES)
+            .map(|n| format!("agent-{agent} line {n:07}"))
+            .collect();
+        assert_eq!(lines, want, "agent {agent}: every record once, in order");
+    }
+}
