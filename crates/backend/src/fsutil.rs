@@ -73,3 +73,19 @@ pub fn lock_router(data_dir: &Path, exclusive: bool) -> anyhow::Result<File> {
         }
     }
 }
+
+/// Takes an exclusive lock on `path` (created if missing) without waiting: `None`
+/// while another process holds it. Released when the file is dropped or the process
+/// dies.
+pub fn try_lock_exclusive(path: &Path) -> io::Result<Option<File>> {
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(fs::TryLockError::WouldBlock) => Ok(None),
+        Err(fs::TryLockError::Error(e)) => Err(e),
+    }
+}

@@ -18,8 +18,10 @@
 //! checkpoint (truncating what an earlier owner wrote after it) and starts reading at
 //! its offset, whatever the group's committed offset says; offsets are committed to
 //! Kafka after each checkpoint for monitoring only. Routers that share a data
-//! directory (one volume) therefore hand partitions over exactly once; a zombie
-//! router that keeps writing after losing its partitions is not fenced.
+//! directory (one volume) therefore hand partitions over exactly once. A partition's
+//! state is opened under an exclusive lock (`router/<destination>.p<N>.lock`): a
+//! router that lost a partition without noticing (a long pause) keeps its lock, and
+//! the new owner waits for it with the partition paused instead of writing beside it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -353,6 +355,10 @@ struct RouteContext {
     open: Arc<OpenPartition>,
     topic: String,
     destinations: std::sync::Mutex<HashMap<i32, crate::router::Destination>>,
+    /// Assigned partitions that could not be opened yet (another router still holds
+    /// the lock, or the checkpoint would not open), paused; with the first offset
+    /// polled and dropped meanwhile, if any.
+    waiting: std::sync::Mutex<HashMap<i32, Option<i64>>>,
 }
 
 impl ClientContext for RouteContext {}
@@ -361,7 +367,9 @@ impl ConsumerContext for RouteContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
             let mut destinations = self.destinations.lock().unwrap_or_else(|e| e.into_inner());
+            let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
             for element in list.elements() {
+                waiting.remove(&element.partition());
                 if destinations.remove(&element.partition()).is_some() {
                     info!(partition = element.partition(), "partition revoked");
                 }
@@ -377,6 +385,7 @@ impl ConsumerContext for RouteContext {
     ) {
         if err == rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS {
             let mut destinations = self.destinations.lock().unwrap_or_else(|e| e.into_inner());
+            let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
             let partitions: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
             for partition in partitions {
                 match (self.open)(partition) {
@@ -393,12 +402,26 @@ impl ConsumerContext for RouteContext {
                         let _ = tpl.set_partition_offset(&self.topic, partition, offset);
                         destinations.insert(partition, destination);
                     }
-                    Err(e) => error!(partition, "cannot open the partition's checkpoint: {e:#}"),
+                    Err(e) => {
+                        warn!(partition, "partition assigned but not opened yet: {e:#}");
+                        waiting.insert(partition, None);
+                    }
                 }
             }
             drop(destinations);
             if let Err(e) = base_consumer.assign(tpl) {
                 error!("assigning partitions: {e}");
+            }
+            // Nothing is read for a partition before it is open; `open_waiting` tries
+            // again every second.
+            let mut paused = TopicPartitionList::new();
+            for partition in waiting.keys() {
+                paused.add_partition(&self.topic, *partition);
+            }
+            if paused.count() > 0
+                && let Err(e) = base_consumer.pause(&paused)
+            {
+                error!("pausing partitions not opened yet: {e}");
             }
         } else {
             self.pre_rebalance(base_consumer, &Rebalance::Revoke(tpl));
@@ -423,6 +446,7 @@ pub fn route_destination(
         open,
         topic: args.kafka_topic.clone(),
         destinations: std::sync::Mutex::new(HashMap::new()),
+        waiting: std::sync::Mutex::new(HashMap::new()),
     };
     let group = format!("logferry.{name}");
     let consumer: BaseConsumer<RouteContext> = args
@@ -441,7 +465,12 @@ pub fn route_destination(
     info!(destination = name, group = %format!("logferry.{name}"), "consuming `{}`", args.kafka_topic);
     let mut pending: HashMap<i32, Vec<Record>> = HashMap::new();
     let mut failing: std::collections::HashSet<i32> = std::collections::HashSet::new();
+    let mut retried = std::time::Instant::now();
     while !stop.load(Ordering::Acquire) {
+        if retried.elapsed() >= Duration::from_secs(1) {
+            open_waiting(&consumer, &args.kafka_topic, name);
+            retried = std::time::Instant::now();
+        }
         let mut polled = 0;
         while polled < STEP_MESSAGES {
             let timeout = if polled == 0 {
@@ -478,6 +507,17 @@ pub fn route_destination(
         let mut commit = TopicPartitionList::new();
         for (partition, records) in pending.drain() {
             let Some(destination) = destinations.get_mut(&partition) else {
+                // Polled before its pause took effect: read again once it is open.
+                let mut waiting = consumer
+                    .context()
+                    .waiting
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if let (Some(first), Some(dropped)) = (records.first(), waiting.get_mut(&partition))
+                {
+                    let first = first.offset as i64;
+                    *dropped = Some(dropped.map_or(first, |d| d.min(first)));
+                }
                 continue;
             };
             let Some(last) = records.last().map(|r| r.offset) else {
@@ -537,6 +577,59 @@ pub fn route_destination(
         }
     }
     Ok(())
+}
+
+/// Tries again to open the assigned partitions that are waiting (see
+/// [`RouteContext::waiting`]); each one that opens starts at its checkpoint (or where
+/// the first message dropped meanwhile was) and is resumed.
+fn open_waiting(consumer: &BaseConsumer<RouteContext>, topic: &str, name: &str) {
+    let context = consumer.context();
+    // The same order as the rebalance callback: destinations, then waiting.
+    let mut destinations = context
+        .destinations
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let mut waiting = context.waiting.lock().unwrap_or_else(|e| e.into_inner());
+    if waiting.is_empty() {
+        return;
+    }
+    let partitions: Vec<(i32, Option<i64>)> = waiting.iter().map(|(p, d)| (*p, *d)).collect();
+    for (partition, dropped) in partitions {
+        let Ok(destination) = (context.open)(partition) else {
+            continue;
+        };
+        let offset = if destination.resumed() {
+            Some(destination.next_offset() as i64)
+        } else {
+            dropped
+        };
+        if let Some(offset) = offset
+            && let Err(e) = consumer.seek(
+                topic,
+                partition,
+                Offset::Offset(offset),
+                Duration::from_secs(5),
+            )
+        {
+            warn!(
+                destination = name,
+                partition, "seeking to {offset}: {e}; trying again"
+            );
+            continue;
+        }
+        let mut resume = TopicPartitionList::new();
+        resume.add_partition(topic, partition);
+        if let Err(e) = consumer.resume(&resume) {
+            warn!(destination = name, partition, "resuming: {e}; trying again");
+            continue;
+        }
+        info!(
+            destination = name,
+            partition, "partition opened; starting at {offset:?}"
+        );
+        waiting.remove(&partition);
+        destinations.insert(partition, destination);
+    }
 }
 
 /// Where a destination of a partition keeps its checkpoint, relative to the data dir.

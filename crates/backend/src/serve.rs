@@ -659,6 +659,30 @@ impl DestinationPlan {
         partition: Option<i32>,
     ) -> Result<Destination> {
         let part = partition.map(|p| format!(".p{p}")).unwrap_or_default();
+        // A Kafka partition's state is written by one router at a time: its lock is
+        // taken before anything is recovered (truncated), and a router that lost the
+        // partition but has not noticed yet (paused, cut off) still holds it.
+        let lock = match partition {
+            Some(p) => {
+                let router = args.data_dir.join("router");
+                std::fs::create_dir_all(&router)
+                    .with_context(|| format!("creating `{}`", router.display()))?;
+                let path = router.join(format!("{}{part}.lock", self.name));
+                match crate::fsutil::try_lock_exclusive(&path)
+                    .with_context(|| format!("locking `{}`", path.display()))?
+                {
+                    Some(lock) => Some(lock),
+                    None => bail!(
+                        "partition {p} of `{}` is still held by another router (`{}`): one \
+                         finishing its last step, or one that lost the partition without \
+                         noticing yet; waiting for it to let go",
+                        self.name,
+                        path.display()
+                    ),
+                }
+            }
+            None => None,
+        };
         let extension = match self.format {
             Format::Msgpack => "msgpack",
             Format::Json => "jsonl",
@@ -689,7 +713,7 @@ impl DestinationPlan {
                 ..config.clone()
             })?),
         };
-        Ok(Destination::open(
+        let destination = Destination::open(
             &format!("{}{part}", self.name),
             sink,
             &args.data_dir,
@@ -697,7 +721,11 @@ impl DestinationPlan {
             keys.clone(),
         )?
         .with_route(self.route.clone())
-        .with_format(self.format))
+        .with_format(self.format);
+        Ok(match lock {
+            Some(lock) => destination.with_lock(lock),
+            None => destination,
+        })
     }
 }
 

@@ -540,3 +540,66 @@ fn a_full_produce_queue_is_refused_clearly_and_nothing_is_lost() {
         assert_eq!(lines, want, "agent {agent}: every record once, in order");
     }
 }
+
+/// Fencing between routers that share a data directory: a partition's state is
+/// written under `router/<destination>.p<N>.lock`. While another process holds that
+/// lock (here the test, standing in for a router that lost the partition while
+/// paused and has not noticed), the router that was assigned the partition waits,
+/// reads nothing for it and writes nothing; once the lock is free it takes the
+/// partition over from the checkpoint, and every record arrives once, in order.
+#[test]
+fn a_partition_another_router_still_holds_waits_for_its_lock() {
+    const LINES: usize = 5_000;
+    let broker_dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(broker_dir.path(), free_port());
+    init_topic(&broker, 1);
+    let data = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(data.path().join("router")).unwrap();
+    let held = std::fs::File::create(data.path().join("router/files.p0.lock")).unwrap();
+    held.try_lock().unwrap();
+
+    let port = free_port();
+    let ingest = start("ingest", data.path(), port, &broker, &[]);
+    let router = start("route", data.path(), 0, &broker, &router_flags(1));
+    let mut sender = send(
+        &ingest,
+        &format!("https://127.0.0.1:{port}"),
+        0,
+        LINES,
+        Duration::from_millis(10),
+    );
+    assert!(sender.wait().unwrap().success(), "the sender gave up");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !router.stderr().iter().any(|l| {
+        l.contains("partition assigned but not opened yet")
+            && l.contains("still held by another router")
+    }) {
+        assert!(Instant::now() < deadline, "{:#?}", router.stderr());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let files = data.path().join("files");
+    assert_eq!(
+        count_jsonl_lines(&files),
+        0,
+        "nothing is written without the lock"
+    );
+
+    drop(held);
+    assert_eq!(wait_lines(&files, LINES, Duration::from_secs(60)), LINES);
+    std::thread::sleep(Duration::from_secs(1));
+    let lines: Vec<String> = read_jsonl_tree(&files)
+        .iter()
+        .map(|r| r["record"]["log"].as_str().unwrap().to_string())
+        .collect();
+    let want: Vec<String> = (0..LINES).map(|n| format!("agent-0 line {n:07}")).collect();
+    assert_eq!(lines, want, "every record once, in order");
+    assert!(
+        router
+            .stderr()
+            .iter()
+            .any(|l| l.contains("partition opened; starting at")),
+        "{:#?}",
+        router.stderr()
+    );
+}

@@ -105,6 +105,8 @@ pub struct Destination {
     synced: bool,
     /// Whether the last step read about as much as a step may: more is waiting.
     backlog: bool,
+    /// A Kafka partition's ownership lock (`router/<name>.lock`), held while open.
+    _lock: Option<std::fs::File>,
 }
 
 impl std::fmt::Debug for Destination {
@@ -160,6 +162,7 @@ impl Destination {
             resumed,
             synced: false,
             backlog: false,
+            _lock: None,
         };
         destination
             .recover()
@@ -185,6 +188,13 @@ impl Destination {
 
     pub fn with_format(mut self, format: Format) -> Self {
         self.format = format;
+        self
+    }
+
+    /// Keeps `lock` (a Kafka partition's ownership lock) until the destination is
+    /// dropped.
+    pub fn with_lock(mut self, lock: std::fs::File) -> Self {
+        self._lock = Some(lock);
         self
     }
 
