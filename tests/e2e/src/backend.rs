@@ -472,3 +472,17 @@ pub fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Credentials of tenant `acme`'s key `ak_a` on `backend`.
+pub fn acme_credentials(backend: &Backend, data: &Path) -> Credentials {
+    let authority =
+        logferry_backend::auth::TokenAuthority::load_or_create(&data.join("keys")).unwrap();
+    Credentials {
+        access_key: "ak_a".into(),
+        access_token: authority
+            .issue("acme", "ak_a", Duration::from_secs(3600))
+            .unwrap()
+            .0,
+        ..backend.credentials()
+    }
+}

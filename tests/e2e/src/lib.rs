@@ -22,6 +22,15 @@ pub mod host;
 pub mod kafka;
 pub mod sinks;
 
+/// The start of a registry with tenant `acme` and its key `ak_a`, up to the line
+/// that opens its destinations (no newline after it): append them.
+pub const ACME_DESTINATIONS: &str = "\
+tenants:
+  - name: acme
+    access_keys:
+      - key: ak_a
+    destinations:";
+
 /// The workspace root (the directory of the root `Cargo.toml`).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")

@@ -75,6 +75,21 @@ fn send(ingest: &Backend, endpoint: &str, agent: usize, lines: usize, pace: Dura
     child
 }
 
+/// Asserts that the files under `dir` hold `agent`'s `lines` lines (as [`send`] makes
+/// them) once each and in order.
+fn assert_agent_lines(dir: &Path, agent: usize, lines: usize) {
+    let prefix = format!("agent-{agent} ");
+    let got: Vec<String> = read_jsonl_tree(dir)
+        .iter()
+        .map(|r| r["record"]["log"].as_str().unwrap().to_string())
+        .filter(|l| l.starts_with(&prefix))
+        .collect();
+    let want: Vec<String> = (0..lines)
+        .map(|n| format!("agent-{agent} line {n:07}"))
+        .collect();
+    assert_eq!(got, want, "agent {agent}: every record once, in order");
+}
+
 fn wait_lines(dir: &Path, at_least: usize, timeout: Duration) -> usize {
     let deadline = Instant::now() + timeout;
     loop {
@@ -457,12 +472,7 @@ fn ingest_and_route_talk_tls_to_the_broker() {
     let files = data.path().join("files");
     assert_eq!(wait_lines(&files, LINES, Duration::from_secs(60)), LINES);
     std::thread::sleep(Duration::from_secs(1));
-    let lines: Vec<String> = read_jsonl_tree(&files)
-        .iter()
-        .map(|r| r["record"]["log"].as_str().unwrap().to_string())
-        .collect();
-    let want: Vec<String> = (0..LINES).map(|n| format!("agent-0 line {n:07}")).collect();
-    assert_eq!(lines, want, "every record once, in order");
+    assert_agent_lines(&files, 0, LINES);
 }
 
 /// A produce queue that fills while the broker stalls (SIGSTOP): ingest refuses the
@@ -526,18 +536,8 @@ fn a_full_produce_queue_is_refused_clearly_and_nothing_is_lost() {
         2 * LINES
     );
     std::thread::sleep(Duration::from_secs(1));
-    let records = read_jsonl_tree(&files);
     for agent in 0..2 {
-        let prefix = format!("agent-{agent} ");
-        let lines: Vec<&str> = records
-            .iter()
-            .map(|r| r["record"]["log"].as_str().unwrap())
-            .filter(|l| l.starts_with(&prefix))
-            .collect();
-        let want: Vec<String> = (0..LINES)
-            .map(|n| format!("agent-{agent} line {n:07}"))
-            .collect();
-        assert_eq!(lines, want, "agent {agent}: every record once, in order");
+        assert_agent_lines(&files, agent, LINES);
     }
 }
 
@@ -588,12 +588,7 @@ fn a_partition_another_router_still_holds_waits_for_its_lock() {
     drop(held);
     assert_eq!(wait_lines(&files, LINES, Duration::from_secs(60)), LINES);
     std::thread::sleep(Duration::from_secs(1));
-    let lines: Vec<String> = read_jsonl_tree(&files)
-        .iter()
-        .map(|r| r["record"]["log"].as_str().unwrap().to_string())
-        .collect();
-    let want: Vec<String> = (0..LINES).map(|n| format!("agent-0 line {n:07}")).collect();
-    assert_eq!(lines, want, "every record once, in order");
+    assert_agent_lines(&files, 0, LINES);
     assert!(
         router
             .stderr()

@@ -7,13 +7,15 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use fluent_bit_sys::FLB_OK;
-use logferry_backend::auth::TokenAuthority;
 use logferry_e2e::backend::{
-    Backend, Credentials, count_jsonl_lines, dead_letters, free_port, read_jsonl_tree, wait_for,
+    Backend, acme_credentials, count_jsonl_lines, dead_letters, free_port, read_jsonl_tree,
+    wait_for,
 };
 use logferry_e2e::host::Host;
 use logferry_e2e::kafka::{Broker, TopicMessage};
-use logferry_e2e::{assert_same, canonical, chunk_of, expected_records, fixture, plugin_path};
+use logferry_e2e::{
+    ACME_DESTINATIONS, assert_same, canonical, chunk_of, expected_records, fixture, plugin_path,
+};
 use rand::Rng;
 use serde_json::{Value, json};
 
@@ -26,12 +28,7 @@ fn a_kafka_topic_gets_every_record_once_across_sigkills_and_a_broker_restart() {
     let mut broker = Broker::start(broker_dir.path(), free_port());
     broker.create_topic(TOPIC, 3);
     let registry = format!(
-        "\
-tenants:
-  - name: acme
-    access_keys:
-      - key: ak_a
-    destinations:
+        "{ACME_DESTINATIONS}
       - name: files
         type: file
       - name: stream
@@ -48,15 +45,7 @@ tenants:
     std::fs::write(data.join("tenants.yaml"), &registry).unwrap();
     let port = free_port();
     let mut backend = Backend::start(data, port, &[]);
-    let authority = TokenAuthority::load_or_create(&data.join("keys")).unwrap();
-    let credentials = Credentials {
-        access_key: "ak_a".into(),
-        access_token: authority
-            .issue("acme", "ak_a", Duration::from_secs(3600))
-            .unwrap()
-            .0,
-        ..backend.credentials()
-    };
+    let credentials = acme_credentials(&backend, data);
 
     // One record over librdkafka's default `message.max.bytes` (1,000,000).
     let (probe, _) = chunk_of(

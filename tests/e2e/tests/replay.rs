@@ -11,14 +11,13 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use fluent_bit_sys::FLB_OK;
-use logferry_backend::auth::TokenAuthority;
 use logferry_e2e::backend::{
-    Backend, Credentials, backend_bin, count_jsonl_lines, dead_letters, free_port, send_lines,
+    Backend, acme_credentials, backend_bin, count_jsonl_lines, dead_letters, free_port, send_lines,
     wait_for,
 };
 use logferry_e2e::host::Host;
 use logferry_e2e::sinks::{Elasticsearch, Postgres, S3Server};
-use logferry_e2e::{chunk_of, plugin_path};
+use logferry_e2e::{ACME_DESTINATIONS, chunk_of, plugin_path};
 use serde_json::{Value, json};
 
 fn logferry(data: &Path, args: &[&str]) -> Output {
@@ -45,12 +44,7 @@ fn refused_records_are_replayed_once_after_their_cause_is_fixed() {
     let es = Elasticsearch::start_bulk(0);
     let pg = Postgres::start();
     let registry = format!(
-        "\
-tenants:
-  - name: acme
-    access_keys:
-      - key: ak_a
-    destinations:
+        "{ACME_DESTINATIONS}
       - name: logs
         type: file
       - name: search
@@ -69,15 +63,7 @@ tenants:
     std::fs::write(data.join("tenants.yaml"), &registry).unwrap();
     let port = free_port();
     let backend = Backend::start(data, port, &[]);
-    let authority = TokenAuthority::load_or_create(&data.join("keys")).unwrap();
-    let credentials = Credentials {
-        access_key: "ak_a".into(),
-        access_token: authority
-            .issue("acme", "ak_a", Duration::from_secs(3600))
-            .unwrap()
-            .0,
-        ..backend.credentials()
-    };
+    let credentials = acme_credentials(&backend, data);
 
     // Elasticsearch refuses the second `probe` (its type differs from the first);
     // PostgreSQL refuses `\u0000`, which `jsonb` cannot hold.

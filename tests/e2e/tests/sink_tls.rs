@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use logferry_e2e::ACME_DESTINATIONS;
 use logferry_e2e::backend::{Backend, count_jsonl_lines, free_port, send_lines, wait_for};
 use logferry_e2e::sinks::{Elasticsearch, Postgres};
 
@@ -28,12 +29,7 @@ fn postgres_and_elasticsearch_over_tls_trust_the_destinations_ca() {
     );
     let es_url = format!("https://localhost:{es_port}");
     let registry = format!(
-        "\
-tenants:
-  - name: acme
-    access_keys:
-      - key: ak_a
-    destinations:
+        "{ACME_DESTINATIONS}
       - name: files
         type: file
       - name: db

@@ -7,34 +7,21 @@
 //! in-test HTTP servers that check every request against the documented API
 //! ([`logferry_e2e::sinks`]): neither can be installed on this machine.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use fluent_bit_sys::FLB_OK;
-use logferry_backend::auth::TokenAuthority;
 use logferry_e2e::backend::{
-    Backend, Credentials, backend_bin, dead_letters, free_port, read_jsonl_tree, wait_for,
+    Backend, acme_credentials, backend_bin, dead_letters, free_port, read_jsonl_tree, wait_for,
 };
 use logferry_e2e::host::Host;
 use logferry_e2e::sinks::{Elasticsearch, LOKI_MAX_LINE, Loki, Postgres, S3Server};
-use logferry_e2e::{assert_same, canonical, chunk_of, expected_records, fixture, plugin_path};
+use logferry_e2e::{
+    ACME_DESTINATIONS, assert_same, canonical, chunk_of, expected_records, fixture, plugin_path,
+};
 use rand::Rng;
 use serde_json::{Value, json};
 
 const BIG: &str = "tail-large-14740-records";
-
-/// Credentials of tenant `acme`'s key `ak_a` on `backend`.
-fn acme_credentials(backend: &Backend, data: &Path) -> Credentials {
-    let authority = TokenAuthority::load_or_create(&data.join("keys")).unwrap();
-    Credentials {
-        access_key: "ak_a".into(),
-        access_token: authority
-            .issue("acme", "ak_a", Duration::from_secs(3600))
-            .unwrap()
-            .0,
-        ..backend.credentials()
-    }
-}
 
 #[test]
 fn five_destinations_each_get_every_record_once_across_ten_sigkills() {
@@ -51,12 +38,7 @@ fn five_destinations_each_get_every_record_once_across_ten_sigkills() {
     let s3_secret = secrets.path().join("s3-secret");
     std::fs::write(&s3_secret, format!("{}\n", S3Server::SECRET_KEY)).unwrap();
     let registry = format!(
-        "\
-tenants:
-  - name: acme
-    access_keys:
-      - key: ak_a
-    destinations:
+        "{ACME_DESTINATIONS}
       - name: files
         type: file
       - name: search
@@ -441,12 +423,7 @@ fn the_postgres_cursor_wins_over_an_older_local_checkpoint_and_an_outage_delays_
     std::fs::write(
         data.path().join("tenants.yaml"),
         format!(
-            "\
-tenants:
-  - name: acme
-    access_keys:
-      - key: ak_a
-    destinations:
+            "{ACME_DESTINATIONS}
       - name: files
         type: file
       - name: db
