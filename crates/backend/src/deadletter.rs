@@ -154,9 +154,11 @@ pub fn replay(args: &ServeArgs, destination: &str, only: &[u64]) -> Result<()> {
     let chosen: Vec<(u64, Value)> = if only.is_empty() {
         (1..).zip(all.iter().cloned()).collect()
     } else {
-        only.iter()
+        // Each once, however often it is named.
+        let only: std::collections::BTreeSet<u64> = only.iter().copied().collect();
+        only.into_iter()
             .map(
-                |&n| match n.checked_sub(1).and_then(|i| all.get(i as usize)) {
+                |n| match n.checked_sub(1).and_then(|i| all.get(i as usize)) {
                     Some(entry) => Ok((n, entry.clone())),
                     None => bail!(
                         "destination `{destination}` has {} dead letter(s); #{n} is not one",

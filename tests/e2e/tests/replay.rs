@@ -113,7 +113,24 @@ fn refused_records_are_replayed_once_after_their_cause_is_fixed() {
     );
     assert_eq!(letter["index"], 1);
     es.forget_mapping("probe");
-    let (ok, stdout, stderr) = replay(data, "acme.search");
+    // Named twice, sent once.
+    let out = logferry(
+        data,
+        &[
+            "dead-letter",
+            "replay",
+            "acme.search",
+            "--entry",
+            "1",
+            "--entry",
+            "1",
+        ],
+    );
+    let (ok, stdout, stderr) = (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
     assert!(ok, "{stdout}{stderr}");
     assert_eq!(stdout, "acme.search #1: delivered\n");
     assert!(

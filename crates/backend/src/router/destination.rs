@@ -340,11 +340,6 @@ impl Destination {
         Ok(outcomes)
     }
 
-    /// The dead letters `replay` has delivered, by number.
-    pub fn replayed(&self) -> &BTreeSet<u64> {
-        &self.checkpoint.replayed
-    }
-
     /// Writes one dead letter's records to the sink; `Some(reason)` if it still
     /// cannot be delivered (nothing was written then).
     fn replay_one(&mut self, entry: &serde_json::Value) -> Result<Option<String>> {
