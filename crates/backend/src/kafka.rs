@@ -432,7 +432,16 @@ impl ConsumerContext for RouteContext {
     }
 }
 
-/// How many messages one step delivers at most.
+/// Records polled for one partition and not delivered yet.
+struct Held {
+    records: Vec<Record>,
+    /// Their payload bytes.
+    bytes: usize,
+    /// When the first was polled.
+    since: std::time::Instant,
+}
+
+/// How many messages one poll round takes at most.
 const STEP_MESSAGES: usize = 256;
 
 /// Runs one destination's consumer (group `logferry.<name>`) until `stop`; blocks.
@@ -463,7 +472,7 @@ pub fn route_destination(
         .subscribe(&[&args.kafka_topic])
         .with_context(|| format!("subscribing to `{}`", args.kafka_topic))?;
     info!(destination = name, group = %format!("logferry.{name}"), "consuming `{}`", args.kafka_topic);
-    let mut pending: HashMap<i32, Vec<Record>> = HashMap::new();
+    let mut pending: HashMap<i32, Held> = HashMap::new();
     let mut failing: std::collections::HashSet<i32> = std::collections::HashSet::new();
     let mut retried = std::time::Instant::now();
     while !stop.load(Ordering::Acquire) {
@@ -488,7 +497,15 @@ pub fn route_destination(
                     polled += 1;
                     let partition = message.partition();
                     match record_of(&message) {
-                        Ok(record) => pending.entry(partition).or_default().push(record),
+                        Ok(record) => {
+                            let held = pending.entry(partition).or_insert_with(|| Held {
+                                records: Vec::new(),
+                                bytes: 0,
+                                since: std::time::Instant::now(),
+                            });
+                            held.bytes += record.payload.len();
+                            held.records.push(record);
+                        }
                         Err(reason) => warn!(
                             destination = name,
                             partition,
@@ -505,8 +522,13 @@ pub fn route_destination(
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         let mut commit = TopicPartitionList::new();
-        for (partition, records) in pending.drain() {
+        let partitions: Vec<i32> = pending.keys().copied().collect();
+        for partition in partitions {
             let Some(destination) = destinations.get_mut(&partition) else {
+                let records = pending
+                    .remove(&partition)
+                    .map(|h| h.records)
+                    .unwrap_or_default();
                 // Polled before its pause took effect: read again once it is open.
                 let mut waiting = consumer
                     .context()
@@ -520,6 +542,21 @@ pub fn route_destination(
                 }
                 continue;
             };
+            // A sink that batches by time (S3's `batch_max_age`) gets a step once that
+            // long has passed since the first record held, or once half a step's
+            // bytes wait, as in `serve`.
+            let interval = destination.step_interval();
+            if pending.get(&partition).is_some_and(|held| {
+                !interval.is_zero()
+                    && held.bytes < crate::router::STEP_BYTES / 2
+                    && held.since.elapsed() < interval
+            }) {
+                continue;
+            }
+            let records = pending
+                .remove(&partition)
+                .map(|h| h.records)
+                .unwrap_or_default();
             let Some(last) = records.last().map(|r| r.offset) else {
                 continue;
             };

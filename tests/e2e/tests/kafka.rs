@@ -10,8 +10,10 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use logferry_e2e::ACME_DESTINATIONS;
 use logferry_e2e::backend::{Backend, backend_bin, count_jsonl_lines, free_port, read_jsonl_tree};
 use logferry_e2e::kafka::Broker;
+use logferry_e2e::sinks::S3Server;
 
 const TOPIC: &str = "logferry";
 /// A router's Kafka settings: quick heartbeats and session expiry.
@@ -596,5 +598,81 @@ fn a_partition_another_router_still_holds_waits_for_its_lock() {
             .any(|l| l.contains("partition opened; starting at")),
         "{:#?}",
         router.stderr()
+    );
+}
+
+/// S3 in Kafka mode batches by time as it does in `serve`: the router holds a
+/// partition's records until `batch_max_age` has passed since the first (or half a
+/// step's bytes wait), so six seconds of traffic in 12 bursts make a handful of
+/// objects, not one per burst (12 or more); every record lands once.
+#[test]
+fn s3_in_kafka_mode_writes_an_object_per_batch_max_age() {
+    const LINES: usize = 12_000;
+    let s3 = S3Server::start();
+    let secrets = tempfile::tempdir().unwrap();
+    let secret = secrets.path().join("s3-secret");
+    std::fs::write(&secret, S3Server::SECRET_KEY).unwrap();
+    let broker_dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(broker_dir.path(), free_port());
+    init_topic(&broker, 1);
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(
+        data.path().join("tenants.yaml"),
+        format!(
+            "{ACME_DESTINATIONS}
+      - name: archive
+        type: s3
+        url: {}
+        bucket: {}
+        access_key_id: {}
+        secret_access_key_file: {}
+        batch_max_age: 2s
+",
+            s3.url(),
+            S3Server::BUCKET,
+            S3Server::ACCESS_KEY,
+            secret.display()
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let ingest = start("ingest", data.path(), port, &broker, &[]);
+    let _router = start("route", data.path(), 0, &broker, &router_flags(1));
+    let mut sender = send(
+        &ingest,
+        &format!("https://127.0.0.1:{port}"),
+        0,
+        LINES,
+        Duration::from_millis(500),
+    );
+    assert!(sender.wait().unwrap().success(), "the sender gave up");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s3.lines().0.len() < LINES {
+        assert!(
+            Instant::now() < deadline,
+            "{} of {LINES} lines",
+            s3.lines().0.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let mut got: Vec<String> = s3
+        .lines()
+        .0
+        .iter()
+        .map(|l| {
+            let record: serde_json::Value = serde_json::from_str(l).unwrap();
+            record["record"]["log"].as_str().unwrap().to_string()
+        })
+        .collect();
+    got.sort();
+    let want: Vec<String> = (0..LINES).map(|n| format!("agent-0 line {n:07}")).collect();
+    assert_eq!(got, want, "every record once");
+    let objects = s3.objects(".ndjson.zst");
+    assert!(
+        (2..=6).contains(&objects.len()),
+        "{} objects for about 6 s of traffic at batch_max_age 2s: {:?}",
+        objects.len(),
+        objects.keys().collect::<Vec<_>>()
     );
 }

@@ -33,7 +33,7 @@ use crate::metrics::DestinationMetrics;
 use crate::sinks::{Chunk, FileSet, Sink};
 
 /// How much buffer payload one step reads.
-const STEP_BYTES: usize = 16 << 20;
+pub const STEP_BYTES: usize = 16 << 20;
 
 /// Which records a destination takes.
 #[derive(Debug, Clone, Default)]
@@ -196,6 +196,11 @@ impl Destination {
     pub fn with_lock(mut self, lock: std::fs::File) -> Self {
         self._lock = Some(lock);
         self
+    }
+
+    /// The least time between two steps its sink asks for (zero: none).
+    pub fn step_interval(&self) -> Duration {
+        self.sink.step_interval()
     }
 
     pub fn next_offset(&self) -> u64 {

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 pub use checkpoint::Checkpoint;
-pub use destination::{Destination, Format, Replay, Route};
+pub use destination::{Destination, Format, Replay, Route, STEP_BYTES};
 
 use crate::ingest::Marks;
 
