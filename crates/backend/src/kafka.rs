@@ -72,16 +72,26 @@ impl KafkaArgs {
     /// The brokers, then our `defaults`, then the operator's `--kafka-property`s,
     /// which win.
     fn config_with(&self, defaults: &[(&str, &str)]) -> ClientConfig {
-        let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", &self.kafka_brokers);
-        for (name, value) in defaults {
-            config.set(*name, *value);
-        }
-        for (name, value) in &self.kafka_properties {
-            config.set(name, value);
-        }
-        config
+        client_config(&self.kafka_brokers, defaults, &self.kafka_properties)
     }
+}
+
+/// A librdkafka client's settings: `brokers`, then `defaults`, then the operator's
+/// `properties`, which win.
+pub fn client_config(
+    brokers: &str,
+    defaults: &[(&str, &str)],
+    properties: &[(String, String)],
+) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    for (name, value) in defaults {
+        config.set(*name, *value);
+    }
+    for (name, value) in properties {
+        config.set(name, value);
+    }
+    config
 }
 
 /// `logferry kafka init`: creates the topic; an existing one is left as it is.

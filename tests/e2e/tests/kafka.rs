@@ -92,6 +92,13 @@ fn assert_agent_lines(dir: &Path, agent: usize, lines: usize) {
     assert_eq!(got, want, "agent {agent}: every record once, in order");
 }
 
+/// [`send`] of agent 0's `lines` lines to `ingest` on `port`, waiting until every
+/// line is acked.
+fn send_all(ingest: &Backend, port: u16, lines: usize, pace: Duration) {
+    let mut sender = send(ingest, &format!("https://127.0.0.1:{port}"), 0, lines, pace);
+    assert!(sender.wait().unwrap().success(), "the sender gave up");
+}
+
 fn wait_lines(dir: &Path, at_least: usize, timeout: Duration) -> usize {
     let deadline = Instant::now() + timeout;
     loop {
@@ -463,14 +470,7 @@ fn ingest_and_route_talk_tls_to_the_broker() {
     let port = free_port();
     let ingest = start("ingest", data.path(), port, &broker, &[]);
     let _router = start("route", data.path(), 0, &broker, &router_flags(1));
-    let mut sender = send(
-        &ingest,
-        &format!("https://127.0.0.1:{port}"),
-        0,
-        LINES,
-        Duration::from_millis(20),
-    );
-    assert!(sender.wait().unwrap().success(), "the sender gave up");
+    send_all(&ingest, port, LINES, Duration::from_millis(20));
     let files = data.path().join("files");
     assert_eq!(wait_lines(&files, LINES, Duration::from_secs(60)), LINES);
     std::thread::sleep(Duration::from_secs(1));
@@ -563,14 +563,7 @@ fn a_partition_another_router_still_holds_waits_for_its_lock() {
     let port = free_port();
     let ingest = start("ingest", data.path(), port, &broker, &[]);
     let router = start("route", data.path(), 0, &broker, &router_flags(1));
-    let mut sender = send(
-        &ingest,
-        &format!("https://127.0.0.1:{port}"),
-        0,
-        LINES,
-        Duration::from_millis(10),
-    );
-    assert!(sender.wait().unwrap().success(), "the sender gave up");
+    send_all(&ingest, port, LINES, Duration::from_millis(10));
     let deadline = Instant::now() + Duration::from_secs(30);
     while !router.stderr().iter().any(|l| {
         l.contains("partition assigned but not opened yet")
@@ -638,14 +631,7 @@ fn s3_in_kafka_mode_writes_an_object_per_batch_max_age() {
     let port = free_port();
     let ingest = start("ingest", data.path(), port, &broker, &[]);
     let _router = start("route", data.path(), 0, &broker, &router_flags(1));
-    let mut sender = send(
-        &ingest,
-        &format!("https://127.0.0.1:{port}"),
-        0,
-        LINES,
-        Duration::from_millis(500),
-    );
-    assert!(sender.wait().unwrap().success(), "the sender gave up");
+    send_all(&ingest, port, LINES, Duration::from_millis(500));
     let deadline = Instant::now() + Duration::from_secs(60);
     while s3.lines().0.len() < LINES {
         assert!(

@@ -86,15 +86,7 @@ impl KafkaSinkConfig {
     const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
     fn client(&self, defaults: &[(&str, &str)]) -> ClientConfig {
-        let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", &self.brokers);
-        for (name, value) in defaults {
-            config.set(*name, *value);
-        }
-        for (name, value) in &self.properties {
-            config.set(name, value);
-        }
-        config
+        crate::kafka::client_config(&self.brokers, defaults, &self.properties)
     }
 }
 
