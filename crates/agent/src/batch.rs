@@ -31,6 +31,12 @@ pub fn build(
     let first_seq = entries.first().map_or(0, |e| e.seq);
     let last_seq = entries.last().map_or(0, |e| e.seq);
     let chunk_count = entries.len() as u32;
+    let mut tags: Vec<String> = Vec::new();
+    for entry in &entries {
+        if !tags.contains(&entry.tag) {
+            tags.push(entry.tag.clone());
+        }
+    }
     let payload = BatchPayload {
         chunks: entries
             .into_iter()
@@ -68,6 +74,7 @@ pub fn build(
         payload: Bytes::from(payload),
         raw_bytes,
         chunk_count,
+        tags,
     })
 }
 
@@ -107,15 +114,25 @@ mod tests {
                 tag: "b.c".into(),
                 data: vec![0; 10_000],
             },
+            Entry {
+                seq: 9,
+                tag: "a".into(),
+                data: vec![4],
+            },
         ];
         for compression in [Compression::Zstd, Compression::None] {
             let batch = build(entries.clone(), compression, None).unwrap();
             assert_eq!(
                 (batch.first_seq, batch.last_seq, batch.chunk_count),
-                (7, 8, 2)
+                (7, 9, 3)
+            );
+            assert_eq!(
+                batch.tags,
+                ["a", "b.c"],
+                "distinct, in order of first appearance"
             );
             let opened = open(&batch.payload, compression, 1 << 20).unwrap();
-            assert_eq!(opened.chunks.len(), 2);
+            assert_eq!(opened.chunks.len(), 3);
             assert_eq!(opened.chunks[1].seq, 8);
             assert_eq!(opened.chunks[1].tag, "b.c");
             assert_eq!(&opened.chunks[0].data[..], &[1, 2, 3]);
@@ -136,11 +153,16 @@ mod tests {
         };
         let batch = build(entries, Compression::Zstd, Some(&sealer)).unwrap();
         assert_eq!(batch.key_id, 9);
+        assert_eq!(
+            batch.tags,
+            ["a", "b.c"],
+            "tags stay in the clear when sealed"
+        );
         let context = BatchContext {
             tenant: "acme",
             agent_id: [1; 16],
             first_seq: 7,
-            last_seq: 8,
+            last_seq: 9,
             key_id: 9,
             compression: Compression::Zstd as i32,
         };

@@ -62,7 +62,7 @@ enum Command {
     /// Stateless ingest into Kafka: authenticate agents, produce their batches, ack.
     Ingest(KafkaRoleArgs),
     /// Route from Kafka to the registry's destinations, exactly once per partition.
-    Route(KafkaRoleArgs),
+    Route(RouteArgs),
     /// Kafka administration.
     #[command(subcommand)]
     Kafka(KafkaCommand),
@@ -142,6 +142,23 @@ struct KafkaRoleArgs {
     serve: ServeArgs,
     #[command(flatten)]
     kafka: KafkaArgs,
+}
+
+/// `route` takes the flags of `ingest` and how many consumers each destination runs.
+#[derive(Debug, clap::Args)]
+struct RouteArgs {
+    #[command(flatten)]
+    role: KafkaRoleArgs,
+    /// Consumers each destination runs in this process, each a member of the
+    /// destination's consumer group: up to this many of its partitions are delivered
+    /// at once. More than the partitions this router is given leaves some idle.
+    #[arg(
+        long,
+        env = "LOGFERRY_ROUTE_CONSUMERS",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u16).range(1..=64)
+    )]
+    consumers: u16,
 }
 
 #[derive(Debug, Subcommand)]
@@ -370,7 +387,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Ingest(args) => {
             runtime()?.block_on(serve::run_role(args.serve, serve::Role::Ingest(args.kafka)))
         }
-        Command::Route(args) => runtime()?.block_on(serve::run_route(args.serve, args.kafka)),
+        Command::Route(args) => runtime()?.block_on(serve::run_route(
+            args.role.serve,
+            args.role.kafka,
+            usize::from(args.consumers),
+        )),
         Command::Kafka(KafkaCommand::Init {
             kafka,
             partitions,

@@ -516,6 +516,14 @@ impl SinkPlan {
                     .compression
                     .iter()
                     .map(|c| ("compression.type".to_string(), c.clone()))
+                    .chain(
+                        spec.properties_file
+                            .as_deref()
+                            .map(|file| crate::kafka::read_properties(Path::new(file)))
+                            .transpose()
+                            .with_context(|| format!("destination `{name}`: properties_file"))?
+                            .unwrap_or_default(),
+                    )
                     .chain(spec.properties.clone().unwrap_or_default())
                     .collect(),
             }),
@@ -809,7 +817,11 @@ fn write_dev_credentials(
 /// `logferry route`: every destination of the registry consumes the Kafka topic in
 /// its own group (`logferry.<destination>`), exactly once per partition (see
 /// [`crate::kafka`]). Runs until SIGINT or SIGTERM.
-pub async fn run_route(args: ServeArgs, kafka: crate::kafka::KafkaArgs) -> Result<()> {
+pub async fn run_route(
+    args: ServeArgs,
+    kafka: crate::kafka::KafkaArgs,
+    consumers: usize,
+) -> Result<()> {
     use std::sync::atomic::{AtomicBool, Ordering};
     let data = args.data_dir.clone();
     std::fs::create_dir_all(&data).with_context(|| format!("creating `{}`", data.display()))?;
@@ -825,6 +837,11 @@ pub async fn run_route(args: ServeArgs, kafka: crate::kafka::KafkaArgs) -> Resul
     }
     let stop = Arc::new(AtomicBool::new(false));
     let plans = plan_destinations(&args, &registry)?;
+    {
+        let kafka = kafka.clone();
+        tokio::task::spawn_blocking(move || crate::kafka::check_route(&kafka)).await??;
+    }
+    let destinations = plans.len();
     let mut threads = Vec::new();
     for plan in plans {
         let name = plan.name.clone();
@@ -833,25 +850,29 @@ pub async fn run_route(args: ServeArgs, kafka: crate::kafka::KafkaArgs) -> Resul
                 (args.clone(), tokens.clone(), keys.clone(), metrics.clone());
             Arc::new(move |partition| plan.open(&args, &tokens, &keys, &metrics, Some(partition)))
         };
-        let (kafka, stop) = (kafka.clone(), stop.clone());
-        threads.push(
-            std::thread::Builder::new()
-                .name(format!("route-{name}"))
-                .spawn(move || {
-                    if let Err(e) = crate::kafka::route_destination(&kafka, &name, open, stop) {
-                        tracing::error!(destination = %name, "the destination stopped: {e:#}");
-                    }
-                })
-                .context("starting a destination thread")?,
-        );
+        // Each consumer is a member of the destination's group; the partitions'
+        // locks keep two of them (here or in another router) off one partition.
+        for consumer in 0..consumers {
+            let (kafka, stop, open, name) =
+                (kafka.clone(), stop.clone(), open.clone(), name.clone());
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("route-{name}-{consumer}"))
+                    .spawn(move || {
+                        if let Err(e) = crate::kafka::route_destination(&kafka, &name, open, stop) {
+                            tracing::error!(destination = %name, "the destination stopped: {e:#}");
+                        }
+                    })
+                    .context("starting a destination thread")?,
+            );
+        }
     }
     let signals = shutdown_signal()?;
     metrics.set_ready(true);
     eprintln!(
-        "logferry: routing topic `{}` from {} to {} destination(s)",
-        kafka.kafka_topic,
-        kafka.kafka_brokers,
-        threads.len()
+        "logferry: routing topic `{}` from {} to {destinations} destination(s), {consumers} \
+         consumer(s) each",
+        kafka.kafka_topic, kafka.kafka_brokers,
     );
     signals.await;
     info!("shutting down: finishing each destination's current step");

@@ -23,7 +23,7 @@
 //!       batches_per_sec: 500
 //!     destinations:              # optional; absent: the shared `files` destination
 //!       - name: audit            #   same charset as tenant names, unique per tenant
-//!         type: file             #   file | stdout | elasticsearch | loki | postgres | s3
+//!         type: file             #   file | stdout | elasticsearch | loki | postgres | s3 | kafka
 //!         match: "audit.*"       #   tag glob (`*`, `?`, `[...]`), default "*"
 //!         access_keys: [ak_web]  #   default: every key of the tenant
 //!         format: json           #   json (JSON lines) | msgpack (the raw events, file only)
@@ -57,6 +57,15 @@
 //!         secret_access_key_file: /run/secrets/s3   # default the AWS_* environment
 //!         compression: zstd      #   zstd | gzip | none
 //!         batch_max_age: 10s     #   the least time between two objects
+//!       - name: stream
+//!         type: kafka            #   each record one message, its id first
+//!         brokers: "k1:9092,k2:9092"
+//!         topic: logs            #   must exist
+//!         key: agent             #   agent | tag | tenant | none | record.<field>
+//!         compression: lz4       #   none | gzip | lz4 | snappy
+//!         properties_file: /run/secrets/kafka.properties   # librdkafka properties,
+//!         properties:            #   then these
+//!           security.protocol: sasl_ssl
 //! ```
 //!
 //! Destinations are read at start; changing them needs a restart (a reload that
@@ -188,6 +197,11 @@ pub struct DestinationSpec {
     /// (`message.max.bytes: "2000000"`, `security.protocol: ...`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub properties: Option<BTreeMap<String, String>>,
+    /// kafka: a file of librdkafka properties (Java properties, Kafka's
+    /// `client.properties` format), read at start, for secrets such as
+    /// `sasl.password`; `properties` win over it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub properties_file: Option<String>,
 }
 
 impl DestinationSpec {
@@ -220,6 +234,7 @@ impl DestinationSpec {
             ("topic", self.topic.is_some()),
             ("key", self.key.is_some()),
             ("properties", self.properties.is_some()),
+            ("properties_file", self.properties_file.is_some()),
         ]
         .into_iter()
         .filter_map(|(name, set)| set.then_some(name))
@@ -504,7 +519,14 @@ fn check_destinations(tenant: &TenantSpec) -> Result<()> {
                 "compression",
                 "batch_max_age",
             ],
-            "kafka" => &["brokers", "topic", "key", "compression", "properties"],
+            "kafka" => &[
+                "brokers",
+                "topic",
+                "key",
+                "compression",
+                "properties",
+                "properties_file",
+            ],
             other => bail!(
                 "{what}: type `{other}` is not one of file, stdout, elasticsearch, loki, \
                  postgres, s3, kafka"

@@ -173,6 +173,7 @@ async fn send(
                 payload: payload.clone(),
                 raw_bytes: payload.len() as u64,
                 chunk_count: 1,
+                tags: Vec::new(),
             };
             tx.send(AgentMessage {
                 msg: Some(agent_message::Msg::Batch(batch)),

@@ -102,6 +102,16 @@ fn validate(batch: &Batch) -> Result<(), Status> {
     if batch.payload.is_empty() {
         return Err(invalid("batch payload is empty".into()));
     }
+    // Each chunk has one tag, so a batch has at most as many distinct tags as chunks.
+    if batch.tags.len() > batch.chunk_count as usize {
+        return Err(invalid(format!(
+            "batch [{}, {}] lists {} tags for {} chunks",
+            batch.first_seq,
+            batch.last_seq,
+            batch.tags.len(),
+            batch.chunk_count
+        )));
+    }
     Ok(())
 }
 
@@ -207,7 +217,7 @@ impl IngestService {
             raw_bytes: batch.raw_bytes,
             received_unix_ms: now_ms(),
         };
-        let payload = batch.payload;
+        let (payload, tags) = (batch.payload, batch.tags);
         match &self.storage {
             Storage::Embedded(log) => {
                 let log = log.clone();
@@ -219,7 +229,7 @@ impl IngestService {
                         buffer_status(&e)
                     })?;
             }
-            Storage::Kafka(producer) => producer.append(&meta, &payload).await?,
+            Storage::Kafka(producer) => producer.append(&meta, &tags, &payload).await?,
         }
         mark.stored.store(batch.last_seq, Ordering::Release);
         self.activity

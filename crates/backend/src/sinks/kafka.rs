@@ -22,12 +22,13 @@
 //! missing) fail the step, which is retried with backoff.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
@@ -36,6 +37,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tracing::info;
 
 use super::{Chunk, Rejected, Sink};
+use crate::kafka::ClientHealth;
 use crate::router::Checkpoint;
 
 /// What a message's key is.
@@ -90,13 +92,22 @@ impl KafkaSinkConfig {
     }
 }
 
-/// Collects failed deliveries: (index of the message in the step, error).
-#[derive(Default)]
+/// Collects failed deliveries: (index of the message in the step, error); and what
+/// the client reports outside them (a refused login, brokers down).
 struct Reports {
     failed: Mutex<Vec<(usize, KafkaError)>>,
+    health: Arc<ClientHealth>,
 }
 
-impl ClientContext for Reports {}
+impl ClientContext for Reports {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        self.health.line(level, facility, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.health.report(&error, reason);
+    }
+}
 
 impl ProducerContext for Reports {
     type DeliveryOpaque = Box<usize>;
@@ -171,8 +182,16 @@ impl KafkaSink {
                 ("linger.ms", "5"),
                 ("message.timeout.ms", "30000"),
             ])
-            .create_with_context(Reports::default())
-            .with_context(|| format!("creating the Kafka producer for `{}`", config.topic))?;
+            .create_with_context(Reports {
+                failed: Mutex::default(),
+                health: ClientHealth::new(
+                    format!("kafka sink `{}`", config.destination),
+                    "the destination's `properties`, `properties_file`",
+                ),
+            })
+            .map_err(|e| {
+                crate::kafka::client_error(&format!("the Kafka producer for `{}`", config.topic), e)
+            })?;
         Ok(Self {
             config,
             producer,
@@ -190,9 +209,10 @@ impl KafkaSink {
     fn watermarks(&self) -> Result<BTreeMap<i32, (i64, i64)>> {
         let client = self.producer.client();
         let topic = &self.config.topic;
+        let health = &self.producer.context().health;
         let metadata = client
             .fetch_metadata(Some(topic), KafkaSinkConfig::REQUEST_TIMEOUT)
-            .with_context(|| format!("reading the metadata of topic `{topic}`"))?;
+            .with_context(|| health.explain(format!("reading the metadata of topic `{topic}`")))?;
         let partitions: Vec<i32> = metadata
             .topics()
             .iter()
@@ -268,7 +288,9 @@ impl KafkaSink {
                     ("enable.partition.eof", "false"),
                 ])
                 .create()
-                .context("creating the Kafka consumer that reads the topic back")?;
+                .map_err(|e| {
+                    crate::kafka::client_error("the Kafka consumer that reads the topic back", e)
+                })?;
             consumer.assign(&assignment)?;
             // A stall, not a long read, gives up: a first start may read a lot.
             let mut progress = Instant::now();
@@ -453,7 +475,14 @@ impl Sink for KafkaSink {
                 continue;
             };
             if !refused_for_good(error.rdkafka_error_code()) {
-                bail!("producing to topic `{}`: {error}", self.config.topic);
+                let health = &self.producer.context().health;
+                bail!(
+                    "{}",
+                    health.explain(format!(
+                        "producing to topic `{}`: {error}",
+                        self.config.topic
+                    ))
+                );
             }
             let line = &self.body[message.line.clone()];
             let refused = self.origins[message.origin].at(
