@@ -6,109 +6,15 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use logferry_e2e::ACME_DESTINATIONS;
-use logferry_e2e::backend::{Backend, backend_bin, count_jsonl_lines, free_port, read_jsonl_tree};
-use logferry_e2e::kafka::Broker;
+use logferry_e2e::backend::{backend_bin, count_jsonl_lines, free_port, read_jsonl_tree};
+use logferry_e2e::kafka::{
+    Broker, TOPIC, assert_agent_lines, kafka_flags, router_flags, send, send_all, start, wait_lines,
+};
 use logferry_e2e::sinks::S3Server;
-
-const TOPIC: &str = "logferry";
-/// A router's Kafka settings: quick heartbeats and session expiry.
-fn router_flags(_id: usize) -> Vec<&'static str> {
-    vec![
-        "--kafka-property",
-        "session.timeout.ms=6000",
-        "--kafka-property",
-        "heartbeat.interval.ms=500",
-    ]
-}
-
-fn kafka_flags(broker: &Broker) -> Vec<String> {
-    let mut flags = vec![
-        "--kafka-brokers".into(),
-        broker.brokers(),
-        "--kafka-topic".into(),
-        TOPIC.into(),
-    ];
-    flags.extend(broker.client_flags());
-    flags
-}
-
-fn init_topic(broker: &Broker, partitions: u32) {
-    broker.create_topic(TOPIC, partitions);
-}
-
-fn start(role: &str, data: &Path, port: u16, broker: &Broker, extra: &[&str]) -> Backend {
-    let mut args: Vec<String> = kafka_flags(broker);
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Backend::start_role(role, data, port, &args)
-}
-
-/// `logferry send` of `lines` lines `agent-{agent} line {n}` to `endpoint`, in the
-/// background, 1,000 lines per `pace`; chunks of 16K so batches are many and small.
-fn send(ingest: &Backend, endpoint: &str, agent: usize, lines: usize, pace: Duration) -> Child {
-    let mut env = ingest.credentials_env();
-    env.retain(|(k, _)| k != "LOGFERRY_ENDPOINT");
-    env.push(("LOGFERRY_ENDPOINT".into(), endpoint.into()));
-    let mut child = Command::new(backend_bin())
-        .args(["send", "-", "--tag", &format!("agent.{agent}")])
-        .args(["--chunk-bytes", "16K", "--timeout", "5m"])
-        .envs(env)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    std::thread::spawn(move || {
-        for block in 0..lines.div_ceil(1000) {
-            let mut text = String::new();
-            for n in block * 1000..((block + 1) * 1000).min(lines) {
-                text.push_str(&format!("agent-{agent} line {n:07}\n"));
-            }
-            stdin.write_all(text.as_bytes()).unwrap();
-            std::thread::sleep(pace);
-        }
-    });
-    child
-}
-
-/// Asserts that the files under `dir` hold `agent`'s `lines` lines (as [`send`] makes
-/// them) once each and in order.
-fn assert_agent_lines(dir: &Path, agent: usize, lines: usize) {
-    let prefix = format!("agent-{agent} ");
-    let got: Vec<String> = read_jsonl_tree(dir)
-        .iter()
-        .map(|r| r["record"]["log"].as_str().unwrap().to_string())
-        .filter(|l| l.starts_with(&prefix))
-        .collect();
-    let want: Vec<String> = (0..lines)
-        .map(|n| format!("agent-{agent} line {n:07}"))
-        .collect();
-    assert_eq!(got, want, "agent {agent}: every record once, in order");
-}
-
-/// [`send`] of agent 0's `lines` lines to `ingest` on `port`, waiting until every
-/// line is acked.
-fn send_all(ingest: &Backend, port: u16, lines: usize, pace: Duration) {
-    let mut sender = send(ingest, &format!("https://127.0.0.1:{port}"), 0, lines, pace);
-    assert!(sender.wait().unwrap().success(), "the sender gave up");
-}
-
-fn wait_lines(dir: &Path, at_least: usize, timeout: Duration) -> usize {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let n = count_jsonl_lines(dir);
-        if n >= at_least || Instant::now() > deadline {
-            return n;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 #[test]
 fn kafka_mode_delivers_every_record_once_across_ingester_router_and_broker_faults() {
@@ -116,14 +22,14 @@ fn kafka_mode_delivers_every_record_once_across_ingester_router_and_broker_fault
     const LINES: usize = 70_000; // 210,000 records
     let broker_dir = tempfile::tempdir().unwrap();
     let mut broker = Broker::start(broker_dir.path(), free_port());
-    init_topic(&broker, 3);
+    broker.create_topic(TOPIC, 3);
 
     let data = tempfile::tempdir().unwrap();
     let (port_a, port_b) = (free_port(), free_port());
     let ingest_a = start("ingest", data.path(), port_a, &broker, &[]);
     let ingest_b = start("ingest", data.path(), port_b, &broker, &[]);
-    let router_1 = start("route", data.path(), 0, &broker, &router_flags(1));
-    let router_2 = start("route", data.path(), 0, &broker, &router_flags(2));
+    let router_1 = start("route", data.path(), 0, &broker, &router_flags());
+    let router_2 = start("route", data.path(), 0, &broker, &router_flags());
 
     // Each agent knows both ingesters and starts on its own; agent 2's goes away.
     let endpoints =
@@ -158,7 +64,7 @@ fn kafka_mode_delivers_every_record_once_across_ingester_router_and_broker_fault
     // checkpoint in the shared data directory, truncating what the dead router wrote
     // after the last one.
     std::thread::sleep(Duration::from_secs(8));
-    let router_1 = start("route", data.path(), 0, &broker, &router_flags(1));
+    let router_1 = start("route", data.path(), 0, &broker, &router_flags());
     eprintln!("router 1 restarted at {} lines", count_jsonl_lines(&files));
     assert!(wait_lines(&files, total / 2, Duration::from_secs(120)) >= total / 2);
     // Ingester B does not come back: agent 2 fails over to A.
@@ -238,7 +144,7 @@ fn a_missing_topic_and_a_broker_down_at_start_are_clear_and_nothing_is_lost() {
     while !ingest
         .stderr()
         .iter()
-        .any(|l| l.contains("cannot store a batch: Kafka did not take the batch"))
+        .any(|l| l.contains("cannot store a batch: Kafka cannot be reached"))
     {
         assert!(
             Instant::now() < deadline,
@@ -271,8 +177,8 @@ fn a_missing_topic_and_a_broker_down_at_start_are_clear_and_nothing_is_lost() {
     );
 
     // Once the topic exists and a router runs, the spooled lines arrive, once.
-    init_topic(&broker, 2);
-    let _router = start("route", data.path(), 0, &broker, &router_flags(1));
+    broker.create_topic(TOPIC, 2);
+    let _router = start("route", data.path(), 0, &broker, &router_flags());
     let status = sender.wait().unwrap();
     assert!(status.success(), "the sender gave up");
     let files = data.path().join("files");
@@ -288,6 +194,91 @@ fn a_missing_topic_and_a_broker_down_at_start_are_clear_and_nothing_is_lost() {
     assert_eq!(lines.len(), 5_000);
 }
 
+/// A router stopped on purpose (SIGTERM: a rolling upgrade, a scale-down) finishes its
+/// step, leaves each destination's group and so hands its partitions to the router
+/// that stays (here with `--consumers 2`, two members of the group), which takes them
+/// over from their checkpoints: no restart, no new member. Every record arrives once,
+/// in order. (A router killed with -9 is evicted
+/// when its session expires; with tansu 0.6 that takes a member joining, see
+/// `kafka_mode_delivers_every_record_once_across_ingester_router_and_broker_faults`.)
+#[test]
+fn a_stopped_router_hands_its_partitions_to_the_one_that_stays() {
+    const AGENTS: usize = 4;
+    const LINES: usize = 20_000;
+    let broker_dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(broker_dir.path(), free_port());
+    broker.create_topic(TOPIC, 4);
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let ingest = start("ingest", data.path(), port, &broker, &[]);
+    let router_1 = start("route", data.path(), 0, &broker, &router_flags());
+    // Router 2 runs two consumers per destination, each a member of the group.
+    let mut flags = router_flags();
+    flags.extend(["--consumers", "2"]);
+    let router_2 = start("route", data.path(), 0, &broker, &flags);
+    assert!(
+        router_2
+            .stderr()
+            .iter()
+            .any(|l| l.contains("to 1 destination(s), 2 consumer(s) each")),
+        "{:#?}",
+        router_2.stderr()
+    );
+    let assigned_since = |router: &logferry_e2e::backend::Backend, from: usize| -> Vec<i32> {
+        let mut partitions: Vec<i32> = router.stderr()[from.min(router.stderr().len())..]
+            .iter()
+            .filter(|l| l.contains("partition assigned") || l.contains("partition opened"))
+            .filter_map(|l| {
+                l.split("partition=")
+                    .nth(1)?
+                    .split(' ')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        partitions.sort();
+        partitions.dedup();
+        partitions
+    };
+    // The two share the partitions before one of them goes.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while assigned_since(&router_2, 0).is_empty() {
+        assert!(Instant::now() < deadline, "{:#?}", router_2.stderr());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut senders: Vec<Child> = (0..AGENTS)
+        .map(|agent| {
+            let endpoint = format!("https://127.0.0.1:{port}");
+            send(&ingest, &endpoint, agent, LINES, Duration::from_millis(400))
+        })
+        .collect();
+    let files = data.path().join("files");
+    let total = AGENTS * LINES;
+    assert!(wait_lines(&files, total / 3, Duration::from_secs(60)) >= total / 3);
+    let before = router_2.stderr().len();
+    let stopped = router_1.stop();
+    eprintln!("router 1 stopped at {} lines", count_jsonl_lines(&files));
+    assert!(
+        stopped.iter().any(|l| l.contains("stopped")),
+        "{stopped:#?}"
+    );
+    // Router 2 alone holds every partition now.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while assigned_since(&router_2, before) != [0, 1, 2, 3] {
+        assert!(Instant::now() < deadline, "{:#?}", router_2.stderr());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for sender in &mut senders {
+        assert!(sender.wait().unwrap().success(), "a sender gave up");
+    }
+    assert_eq!(wait_lines(&files, total, Duration::from_secs(120)), total);
+    std::thread::sleep(Duration::from_secs(2));
+    for agent in 0..AGENTS {
+        assert_agent_lines(&files, agent, LINES);
+    }
+}
+
 /// Two destinations, each its own consumer group: while the Elasticsearch one fails
 /// for 30 s (an in-test bulk server answering 503; no Elasticsearch can be installed
 /// here), the file one takes every record; then Elasticsearch catches up with each
@@ -298,7 +289,7 @@ fn a_failing_destination_holds_back_no_other_in_kafka_mode() {
     let es = logferry_e2e::sinks::Elasticsearch::start_bulk(0);
     let broker_dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(broker_dir.path(), free_port());
-    init_topic(&broker, 2);
+    broker.create_topic(TOPIC, 2);
     let data = tempfile::tempdir().unwrap();
     std::fs::write(
         data.path().join("tenants.yaml"),
@@ -312,7 +303,7 @@ fn a_failing_destination_holds_back_no_other_in_kafka_mode() {
     .unwrap();
     let port = free_port();
     let ingest = start("ingest", data.path(), port, &broker, &[]);
-    let router = start("route", data.path(), 0, &broker, &router_flags(1));
+    let router = start("route", data.path(), 0, &broker, &router_flags());
     es.set_down(true);
     let outage = Instant::now();
     let mut sender = send(
@@ -391,7 +382,7 @@ fn a_failing_destination_holds_back_no_other_in_kafka_mode() {
 fn a_batch_larger_than_kafka_takes_is_refused_clearly() {
     let broker_dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(broker_dir.path(), free_port());
-    init_topic(&broker, 1);
+    broker.create_topic(TOPIC, 1);
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
     let ingest = start(
@@ -448,9 +439,10 @@ fn a_batch_larger_than_kafka_takes_is_refused_clearly() {
 }
 
 /// TLS to the broker: librdkafka is built with OpenSSL, and `kafka init`, `ingest` and
-/// `route` reach a broker that takes TLS only (a rustls front before tansu, which has
-/// no TLS listener; see [`Broker::start_tls`]) with `--kafka-property
-/// security.protocol=ssl` and the CA. Every record arrives once, in order.
+/// `route` reach a broker that takes TLS only (a rustls front before tansu, which
+/// cannot be started with TLS; see [`Broker::start_tls`]) with `--kafka-property
+/// security.protocol=ssl` and the CA. Every record arrives once, in order, and each
+/// message carries its tenant, seq range and tag as headers.
 #[test]
 fn ingest_and_route_talk_tls_to_the_broker() {
     use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -464,17 +456,35 @@ fn ingest_and_route_talk_tls_to_the_broker() {
         .unwrap();
     assert!(plain.fetch_metadata(None, Duration::from_secs(3)).is_err());
     drop(plain);
-    init_topic(&broker, 2);
+    broker.create_topic(TOPIC, 2);
 
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
     let ingest = start("ingest", data.path(), port, &broker, &[]);
-    let _router = start("route", data.path(), 0, &broker, &router_flags(1));
+    let _router = start("route", data.path(), 0, &broker, &router_flags());
     send_all(&ingest, port, LINES, Duration::from_millis(20));
     let files = data.path().join("files");
     assert_eq!(wait_lines(&files, LINES, Duration::from_secs(60)), LINES);
     std::thread::sleep(Duration::from_secs(1));
     assert_agent_lines(&files, 0, LINES);
+
+    // Each message's headers say whose batch it is, with its tag, in the clear.
+    let messages = broker.read_topic(TOPIC);
+    assert!(!messages.is_empty());
+    for message in &messages {
+        let values = |key: &str| -> Vec<&str> {
+            message
+                .headers
+                .iter()
+                .filter(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+                .collect()
+        };
+        assert_eq!(values("logferry.tenant"), ["dev"], "{:?}", message.headers);
+        assert_eq!(values("logferry.tag"), ["agent.0"], "{:?}", message.headers);
+        let (first, last) = (values("logferry.first_seq"), values("logferry.last_seq"));
+        assert!(first.len() == 1 && last.len() == 1, "{:?}", message.headers);
+    }
 }
 
 /// A produce queue that fills while the broker stalls (SIGSTOP): ingest refuses the
@@ -486,7 +496,7 @@ fn a_full_produce_queue_is_refused_clearly_and_nothing_is_lost() {
     const LINES: usize = 3_000;
     let broker_dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(broker_dir.path(), free_port());
-    init_topic(&broker, 1);
+    broker.create_topic(TOPIC, 1);
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
     let ingest = start(
@@ -496,7 +506,7 @@ fn a_full_produce_queue_is_refused_clearly_and_nothing_is_lost() {
         &broker,
         &["--kafka-property", "queue.buffering.max.messages=1"],
     );
-    let _router = start("route", data.path(), 0, &broker, &router_flags(1));
+    let _router = start("route", data.path(), 0, &broker, &router_flags());
     broker.pause(true);
     // Ingest stores one batch of a stream at a time: two agents, two batches at once.
     let mut senders: Vec<Child> = (0..2)
@@ -554,7 +564,7 @@ fn a_partition_another_router_still_holds_waits_for_its_lock() {
     const LINES: usize = 5_000;
     let broker_dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(broker_dir.path(), free_port());
-    init_topic(&broker, 1);
+    broker.create_topic(TOPIC, 1);
     let data = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(data.path().join("router")).unwrap();
     let held = std::fs::File::create(data.path().join("router/files.p0.lock")).unwrap();
@@ -562,7 +572,7 @@ fn a_partition_another_router_still_holds_waits_for_its_lock() {
 
     let port = free_port();
     let ingest = start("ingest", data.path(), port, &broker, &[]);
-    let router = start("route", data.path(), 0, &broker, &router_flags(1));
+    let router = start("route", data.path(), 0, &broker, &router_flags());
     send_all(&ingest, port, LINES, Duration::from_millis(10));
     let deadline = Instant::now() + Duration::from_secs(30);
     while !router.stderr().iter().any(|l| {
@@ -607,7 +617,7 @@ fn s3_in_kafka_mode_writes_an_object_per_batch_max_age() {
     std::fs::write(&secret, S3Server::SECRET_KEY).unwrap();
     let broker_dir = tempfile::tempdir().unwrap();
     let broker = Broker::start(broker_dir.path(), free_port());
-    init_topic(&broker, 1);
+    broker.create_topic(TOPIC, 1);
     let data = tempfile::tempdir().unwrap();
     std::fs::write(
         data.path().join("tenants.yaml"),
@@ -630,7 +640,7 @@ fn s3_in_kafka_mode_writes_an_object_per_batch_max_age() {
     .unwrap();
     let port = free_port();
     let ingest = start("ingest", data.path(), port, &broker, &[]);
-    let _router = start("route", data.path(), 0, &broker, &router_flags(1));
+    let _router = start("route", data.path(), 0, &broker, &router_flags());
     send_all(&ingest, port, LINES, Duration::from_millis(500));
     let deadline = Instant::now() + Duration::from_secs(60);
     while s3.lines().0.len() < LINES {

@@ -114,6 +114,7 @@ fn batch(seq: u64, key_id: u32, payload: Vec<u8>) -> AgentMessage {
             raw_bytes: payload.len() as u64,
             payload: payload.into(),
             chunk_count: 1,
+            tags: Vec::new(),
         })),
     }
 }
