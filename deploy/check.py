@@ -12,9 +12,10 @@ What it checks, from the repository root:
               values, a variant with a real TLS Secret and a CA Secret, a variant with
               an existing keys Secret and tenants ConfigMap,
               ci/all-features-values.yaml (every optional piece on),
-              ci/kafka-values.yaml (mode: kafka), and two variants of it (an existing
-              route claim with inline keys; a ReadWriteOnce route volume without
-              autoscaling or PDBs). Each is validated against values.schema.json;
+              ci/kafka-values.yaml (mode: kafka, SASL_SSL with a properties Secret,
+              two consumers per destination), and two variants of it (an existing
+              route claim with inline keys and no properties Secret; a ReadWriteOnce
+              route volume without autoscaling or PDBs). Each is validated against values.schema.json;
               values the schema forbids, contradictory key values and incomplete kafka
               values (no brokers, no keys Secret, no TLS Secret) the templates `fail`
               on, must be refused, kafka's with a message that names the missing value.
@@ -54,8 +55,14 @@ What it checks, from the repository root:
               hook Job running `kafka init` with the partitions and replication. Every
               backend container runs `ingest`, `route` or `kafka init` (never `serve`,
               no `command` override) with kafka.brokers, kafka.topic and one
-              --kafka-property per kafka.properties entry; ingest gets the TLS Secret;
-              PDBs and NetworkPolicies select the new pods (route opens no gRPC port).
+              --kafka-property per kafka.properties entry. With kafka.propertiesSecret
+              each has exactly one --kafka-properties-file naming key client.properties
+              of a Secret volume of that name, mounted read-only as a directory (no
+              subPath, every key projected, readable by the non-root backend); without
+              it no container has the flag and no pod mounts a Secret besides the keys
+              and TLS ones. Route alone runs with --consumers kafka.route.consumers;
+              ingest gets the TLS Secret; PDBs and NetworkPolicies select the new pods
+              (route opens no gRPC port).
   alerts      deploy/prometheus/alerts.yaml: groups and rules (unique names, expr,
               `for`, labels.severity, annotations.summary and .description), the
               expected alerts, every expr parsed with a PromQL parser (promql-parser),
@@ -289,8 +296,8 @@ KAFKA = "kafka mode (ci/kafka-values.yaml)"
 KAFKA_VARIANTS: dict[str, dict[str, Any]] = {
     # The routers' volume made elsewhere, keys inline, no ServiceMonitor.
     "kafka mode, existing route claim and inline keys": {
-        "kafka": {"route": {"persistence": {"existingClaim": "logferry-route-shared"}},
-                  "properties": {}},
+        "kafka": {"route": {"persistence": {"existingClaim": "logferry-route-shared"}, "consumers": 1},
+                  "properties": {}, "propertiesSecret": ""},
         "backend": {"keys": {"existingSecret": "",
                              "signingKey": "placeholder: signing.pem (CI render only)",
                              "signingPublicKey": "placeholder: signing.pub.pem (CI render only)",
@@ -319,6 +326,9 @@ SCHEMA_REFUSES = (
      "a kafka.properties value that is no scalar (it becomes --kafka-property name=value)"),
     ({"kafka": {"route": {"persistence": {"accessModes": ["ReadWriteAll"]}}}},
      "an access mode Kubernetes does not have"),
+    ({"kafka": {"route": {"consumers": 0}}}, "kafka.route.consumers 0 (`route --consumers` takes 1 to 64)"),
+    ({"kafka": {"route": {"consumers": 65}}}, "kafka.route.consumers 65 (`route --consumers` takes 1 to 64)"),
+    ({"kafka": {"propertiesSecret": True}}, "a kafka.propertiesSecret that is no string (a Secret's name)"),
     ({"backend": {"keys": {"existingSecret": "k", "tenantKeys": [{"tenant": "..", "id": 1}]}}},
      "a tenant key whose path would leave keys/tenants/ (tenant `..`)"),
     ({"backend": {"keys": {"existingSecret": "k", "tenantKeys": [{"tenant": "acme", "id": 0}]}}},
@@ -431,6 +441,10 @@ def check_chart(report: Report, kube_version: str) -> tuple[dict[str, list[dict[
                          f"destination changes), {variant}")
             report.check("Not available yet" not in notes,
                          f"NOTES.txt no longer says Kafka mode is unavailable, {variant}")
+            secret = values["kafka"].get("propertiesSecret")
+            if secret:
+                report.check(f"Secret {secret}" in notes and "client.properties" in notes,
+                             f"NOTES.txt names the properties Secret {secret}, {variant}")
         else:
             report.check("Backend (embedded mode)" in notes and "Not available yet" not in notes,
                          f"NOTES.txt describes embedded mode, {variant}")
@@ -944,6 +958,32 @@ def kafka_property_args(properties: dict[str, Any]) -> list[str]:
     return [f"{k}={text(v)}" for k, v in sorted(properties.items())]
 
 
+def check_kafka_properties_file(report: Report, where: str, pod: dict[str, Any], c: dict[str, Any],
+                                volumes: dict[str, dict[str, Any]], path: str, secret: str) -> None:
+    """`--kafka-properties-file` names key client.properties of Secret `secret`, mounted
+    read-only as a directory the non-root backend can read."""
+    found = covering_mount(c, volumes, path)
+    name = (found[1].get("secret") or {}).get("secretName") if found else None
+    if not report.check(name == secret, f"{where}: --kafka-properties-file {path} lies in a mount of Secret {secret}",
+                        f"mounted there: {found[1] if found else 'nothing'}"):
+        return
+    mount, volume = found
+    report.check(mount.get("readOnly") is True and "subPath" not in mount and "subPathExpr" not in mount,
+                 f"{where}: Secret {secret} is mounted read-only at {mount['mountPath']}, as a directory (no subPath)",
+                 f"mount {mount}")
+    items = volume["secret"].get("items")
+    report.check(not items, f"{where}: every key of Secret {secret} is projected (a CA beside client.properties "
+                 "works for ssl.ca.location)", f"items {items}")
+    rel = posixpath.relpath(posixpath.normpath(path), posixpath.normpath(mount["mountPath"]))
+    key = {i["path"]: i["key"] for i in items}.get(rel) if items else rel
+    report.check(key == "client.properties", f"{where}: {path} is key client.properties of Secret {secret}",
+                 f"it is key {key}")
+    mode = volume["secret"].get("defaultMode", 0o644)
+    report.check(bool(mode & 0o044) or (pod.get("securityContext") or {}).get("fsGroup") is not None,
+                 f"{where}: the non-root backend can read it (group or other read, or the pod's fsGroup)",
+                 f"defaultMode {oct(mode)}, no fsGroup")
+
+
 def check_kafka_ingest_endpoint(report: Report, out: dict[str, str], objects: list[dict[str, Any]],
                                 values: dict[str, Any]) -> None:
     """In kafka mode the agents send to the ingest Service, with a real certificate."""
@@ -981,10 +1021,21 @@ def check_kafka(report: Report, variant: str, objects: list[dict[str, Any]], val
     # --- Every backend container runs one of the Kafka-mode subcommands, with the
     # release's brokers, topic and properties.
     runs: dict[tuple[str, ...], list[str]] = {}
+    properties_secret = kafka.get("propertiesSecret") or ""
+    # The Secrets a backend pod may mount besides kafka.propertiesSecret: keys and TLS.
+    known_secrets = {values["backend"]["keys"].get("existingSecret"), values["backend"]["tls"].get("secretName")}
+    known_secrets |= {o["metadata"]["name"] for o in objects if o.get("kind") == "Secret"}
     for obj in objects:
         spec = pod_specs(obj)
         if spec is None or component("agent")(obj):
             continue
+        volumes = {v["name"]: v for v in spec.get("volumes") or []}
+        where_pod = f"{obj['kind']}/{obj['metadata']['name']}"
+        others = {v["secret"].get("secretName") for v in volumes.values() if "secret" in v} - known_secrets
+        allowed = {properties_secret} if properties_secret else set()
+        report.check(others <= allowed, f"{where_pod}: no Secret volume besides the keys and TLS ones"
+                     f"{' and ' + properties_secret if properties_secret else ''}",
+                     f"also {sorted(map(str, others - allowed))}")
         for c in (spec.get("initContainers") or []) + (spec.get("containers") or []):
             where = f"{obj['kind']}/{obj['metadata']['name']} container {c.get('name')}"
             args = [str(a) for a in c.get("args") or []]
@@ -1005,6 +1056,20 @@ def check_kafka(report: Report, variant: str, objects: list[dict[str, Any]], val
             report.check(arg_values(args, "--kafka-property") == expected,
                          f"{where}: one --kafka-property per kafka.properties entry",
                          f"got {arg_values(args, '--kafka-property')}, expected {expected}")
+            files = arg_values(args, "--kafka-properties-file")
+            if not properties_secret:
+                report.check(not files, f"{where}: no --kafka-properties-file (kafka.propertiesSecret is empty)",
+                             f"got {files}")
+            elif report.check(len(files) == 1, f"{where}: one --kafka-properties-file (kafka.propertiesSecret "
+                              f"{properties_secret})", f"got {files}"):
+                check_kafka_properties_file(report, where, spec, c, volumes, files[0], properties_secret)
+            consumers = arg_values(args, "--consumers")
+            if sub == ("route",):
+                wanted = str(kafka["route"]["consumers"])
+                report.check(consumers == [wanted], f"{where}: --consumers {wanted} (kafka.route.consumers)",
+                             f"got {consumers}")
+            else:
+                report.check(not consumers, f"{where}: no --consumers (a flag of route only)", f"got {consumers}")
     report.check(set(runs) == set(KAFKA_SUBCOMMANDS) and all(len(v) == 1 for v in runs.values()),
                  "exactly one workload each runs ingest, route and kafka init", f"{runs}")
 

@@ -14,7 +14,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use logferry_agent::{Agent, AgentConfig, AgentHooks, AgentStats, FlushOutcome};
 
 use crate::backend::Backend;
@@ -32,6 +32,8 @@ pub struct EndToEnd {
     /// `Some(partitions)`: Kafka mode (ingest -> broker -> route); backend CPU then
     /// covers the three processes.
     pub kafka: Option<u32>,
+    /// Kafka mode: `logferry route --consumers`.
+    pub route_consumers: usize,
     pub chunk_len: usize,
     /// Batches in flight on the agent's stream.
     pub window: usize,
@@ -76,7 +78,9 @@ impl EndToEnd {
             None => "`logferry serve` process (backend buffer fsync on)".to_string(),
             Some(partitions) => format!(
                 "`logferry ingest` -> tansu (Kafka protocol, SQLite storage, {partitions} \
-                 partitions) -> `logferry route`; backend CPU is the three processes"
+                 partitions) -> `logferry route --consumers {}`; backend CPU is the three \
+                 processes",
+                self.route_consumers
             ),
         };
         println!(
@@ -389,6 +393,7 @@ pub(crate) fn stream(
     Ok(EndToEnd {
         sealed: true,
         kafka: None,
+        route_consumers: 1,
         chunk_len: chunk.len(),
         window,
         chunks,
@@ -413,20 +418,20 @@ pub(crate) fn stream(
 
 /// Counts the lines of every `*.jsonl` file under a directory, reading only what was
 /// appended since the last call.
-struct LineCounter {
+pub(crate) struct LineCounter {
     root: PathBuf,
     files: HashMap<PathBuf, (u64, u64)>,
 }
 
 impl LineCounter {
-    fn new(root: PathBuf) -> Self {
+    pub(crate) fn new(root: PathBuf) -> Self {
         Self {
             root,
             files: HashMap::new(),
         }
     }
 
-    fn count(&mut self) -> u64 {
+    pub(crate) fn count(&mut self) -> u64 {
         let mut paths = Vec::new();
         collect_jsonl(&self.root, &mut paths);
         for path in paths {
@@ -477,84 +482,6 @@ fn count_from(path: &Path, offset: &mut u64) -> Result<u64> {
     }
     *offset = complete;
     Ok(lines)
-}
-
-/// Partitions of the Kafka benchmark's topic.
-const KAFKA_PARTITIONS: u32 = 3;
-
-/// The same load as [`run`], through Kafka: `logferry ingest` -> a tansu broker
-/// (SQLite storage, on this machine) -> `logferry route`, all on one data directory.
-pub fn run_kafka(
-    backend_bin: &Path,
-    tansu_bin: &Path,
-    work_dir: &Path,
-    chunk: &BenchChunk,
-    total_bytes: u64,
-    router_wait: Duration,
-    window: Option<usize>,
-) -> Result<EndToEnd> {
-    let work_dir = work_dir.join("kafka");
-    let broker_dir = work_dir.join("broker");
-    std::fs::create_dir_all(&broker_dir)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let mut broker = std::process::Command::new(tansu_bin)
-        .arg("broker")
-        .args(["--listener-url", &url, "--advertised-listener-url", &url])
-        .args(["--storage-engine", "sqlite://tansu.db"])
-        .current_dir(&broker_dir)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {}", tansu_bin.display()))?;
-    let result = (|| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                bail!("tansu did not listen on {port} within 30 s");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let kafka = vec!["--kafka-brokers".to_string(), format!("127.0.0.1:{port}")];
-        let init = std::process::Command::new(backend_bin)
-            .args([
-                "kafka",
-                "init",
-                "--partitions",
-                &KAFKA_PARTITIONS.to_string(),
-            ])
-            .args(&kafka)
-            .output()?;
-        if !init.status.success() {
-            bail!("kafka init: {}", String::from_utf8_lossy(&init.stderr));
-        }
-        let data_dir = work_dir.join("backend");
-        let ingest = Backend::start_role(backend_bin, &data_dir, "ingest", &kafka)?;
-        let route = Backend::start_role(backend_bin, &data_dir, "route", &kafka)?;
-        let run = stream(
-            &ingest,
-            &[route.pid(), broker.id()],
-            &work_dir,
-            chunk,
-            total_bytes,
-            router_wait,
-            window,
-        );
-        let stopped = (ingest.stop(), route.stop());
-        let run = run?;
-        stopped.0?;
-        stopped.1?;
-        Ok(EndToEnd {
-            kafka: Some(KAFKA_PARTITIONS),
-            ..run
-        })
-    })();
-    let _ = broker.kill();
-    let _ = broker.wait();
-    result
 }
 
 #[cfg(test)]

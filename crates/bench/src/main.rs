@@ -21,6 +21,7 @@ mod disk;
 mod end_to_end;
 mod fixture;
 mod flush;
+mod kafka;
 mod measure;
 mod report;
 mod sinks;
@@ -80,6 +81,10 @@ struct Cli {
     /// ~/.cargo/bin; without one the scenario is skipped with a note.
     #[arg(long, env = "TANSU_BIN")]
     tansu_bin: Option<PathBuf>,
+    /// `logferry route --consumers` of the kafka scenario: the first runs beside
+    /// ingest; then each (`1,3`) drains the same backlog, compared with the first.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    route_consumers: Vec<usize>,
 }
 
 /// The tansu binary, if there is one.
@@ -241,6 +246,7 @@ fn run(cli: Cli) -> Result<()> {
     }
 
     let mut kafka_run = None;
+    let mut drains = Vec::new();
     if wanted(Scenario::Kafka)
         && let Some(backend_bin) = &backend_bin
     {
@@ -250,8 +256,11 @@ fn run(cli: Cli) -> Result<()> {
                  --features dynostore,libsql, or --tansu-bin)\n"
             ),
             Some(tansu) => {
-                eprintln!("logferry-bench: agent -> ingest -> Kafka -> route ...");
-                let run = end_to_end::run_kafka(
+                let consumers = cli.route_consumers.first().copied().unwrap_or(1);
+                eprintln!(
+                    "logferry-bench: agent -> ingest -> Kafka -> route --consumers {consumers} ..."
+                );
+                let run = kafka::run(
                     backend_bin,
                     &tansu,
                     work.path(),
@@ -259,14 +268,29 @@ fn run(cli: Cli) -> Result<()> {
                     total_bytes,
                     Duration::from_secs(cli.router_wait_secs),
                     cli.window,
+                    consumers,
                 )?;
                 run.print();
                 println!();
                 kafka_run = Some(run);
+                eprintln!(
+                    "logferry-bench: Kafka routers draining a backlog, --consumers {:?} ...",
+                    cli.route_consumers
+                );
+                drains = kafka::drain(
+                    backend_bin,
+                    &tansu,
+                    work.path(),
+                    &large,
+                    total_bytes,
+                    &cli.route_consumers,
+                    Duration::from_secs(cli.router_wait_secs.max(60) * 4),
+                )?;
+                kafka::print_drains(&drains);
+                println!();
             }
         }
     }
-
     let mut sink_results = None;
     if wanted(Scenario::Sinks)
         && let Some(backend_bin) = &backend_bin
@@ -296,6 +320,22 @@ fn run(cli: Cli) -> Result<()> {
                     format!("mean per chunk (p50: {}); {note}", report::ratio(p50)),
                 ]);
             }
+        }
+    }
+    if let Some(first) = drains.first() {
+        for other in drains.iter().skip(1) {
+            table.row(vec![
+                format!(
+                    "Kafka route --consumers {} / --consumers {}: records/s drained",
+                    other.consumers, first.consumers
+                ),
+                report::ratio(other.records_per_s() / first.records_per_s()),
+                format!(
+                    "{:.0} vs {:.0} records/s",
+                    other.records_per_s(),
+                    first.records_per_s()
+                ),
+            ]);
         }
     }
     if let (Some(kafka), Some(embedded)) = (&kafka_run, &end_to_end) {

@@ -92,6 +92,8 @@ pub struct Broker {
     /// With SASL: the login the harness's own clients use (`kafka init`, reading a
     /// topic back); tansu then requires one of every client.
     login: Option<ScramUser>,
+    /// With a stand-in for topic ACLs before tansu (see [`Broker::start_acl`]).
+    acl: Option<crate::kafka_acl::AclFront>,
 }
 
 impl Broker {
@@ -173,6 +175,26 @@ impl Broker {
         self.spawn();
     }
 
+    /// A broker whose clients reach it through a stand-in for topic ACLs on `port`
+    /// (see [`crate::kafka_acl`]; tansu 0.6 does not enforce ACLs):
+    /// [`Broker::deny_writes`] makes it refuse every Produce request as a broker does
+    /// for a principal without WRITE on the topic.
+    pub fn start_acl(dir: &Path, port: u16) -> Broker {
+        let mut broker = Broker::unstarted(dir, port);
+        broker.listen = crate::backend::free_port();
+        broker.acl = Some(crate::kafka_acl::AclFront::start(port, broker.listen));
+        broker.spawn();
+        broker
+    }
+
+    /// With [`Broker::start_acl`]: refuse (`true`) or let through every write.
+    pub fn deny_writes(&self, deny: bool) {
+        self.acl
+            .as_ref()
+            .expect("a broker started with start_acl")
+            .deny_writes(deny);
+    }
+
     /// [`Broker::start_tls`]'s broker, not started yet.
     fn unstarted_tls(dir: &Path, port: u16) -> Broker {
         let pki = logferry_backend::pki::ensure_dev_pki(&dir.join("tls")).expect("a test PKI");
@@ -185,6 +207,7 @@ impl Broker {
             child: None,
             tls: Some((runtime, pki.ca.expect("the development CA"))),
             login: None,
+            acl: None,
         }
     }
 
@@ -216,9 +239,10 @@ impl Broker {
 
     fn spawn(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.listen);
-        let advertised = match self.tls {
-            Some(_) => format!("tcp://localhost:{}", self.port),
-            None => url.clone(),
+        let advertised = match (&self.tls, &self.acl) {
+            (Some(_), _) => format!("tcp://localhost:{}", self.port),
+            (None, Some(_)) => format!("tcp://127.0.0.1:{}", self.port),
+            (None, None) => url.clone(),
         };
         self.child = Some(self.command(self.listen, &advertised, self.login.is_some()));
         wait_listening(&self.dir, self.listen);
@@ -258,6 +282,7 @@ impl Broker {
             child: None,
             tls: None,
             login: None,
+            acl: None,
         }
     }
 

@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 pub mod backend;
 pub mod host;
 pub mod kafka;
+pub mod kafka_acl;
 pub mod sinks;
 
 /// The start of a registry with tenant `acme` and its key `ak_a`, up to the line

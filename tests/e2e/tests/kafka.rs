@@ -672,3 +672,90 @@ fn s3_in_kafka_mode_writes_an_object_per_batch_max_age() {
         objects.keys().collect::<Vec<_>>()
     );
 }
+
+/// Topic ACLs: while the broker refuses this ingester's writes
+/// (`TOPIC_AUTHORIZATION_FAILED`; a stand-in before tansu, which stores ACLs but does
+/// not enforce them, see [`Broker::start_acl`]), ingest refuses batches with
+/// UNAVAILABLE, a log line saying why and
+/// `logferry_kafka_produce_failures_total{reason="authorization"}`, and the agent keeps
+/// them; once the ACL lets it write, every record arrives once, in order.
+///
+/// A batch refused for good makes librdkafka's idempotent producer bump its epoch
+/// (KIP-360). tansu 0.6 cannot take that: its storage panics on the first batch of
+/// the new epoch and answers every request with an error until it restarts. Ingest
+/// then replaces its producer (a new producer id, numbered afresh), and the test
+/// restarts tansu once it has; against Apache Kafka neither is needed.
+#[test]
+fn a_topic_acl_refusal_is_clear_and_nothing_is_lost() {
+    const LINES: usize = 3_000;
+    let broker_dir = tempfile::tempdir().unwrap();
+    let mut broker = Broker::start_acl(broker_dir.path(), free_port());
+    broker.create_topic(TOPIC, 2);
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let ingest = start("ingest", data.path(), port, &broker, &[]);
+    let _router = start("route", data.path(), 0, &broker, &router_flags());
+    send_all(&ingest, port, LINES, Duration::from_millis(10));
+
+    broker.deny_writes(true);
+    let mut sender = send(
+        &ingest,
+        &format!("https://127.0.0.1:{port}"),
+        1,
+        LINES,
+        Duration::from_millis(10),
+    );
+    let refused = ingest.wait_for_metric(
+        "logferry_kafka_produce_failures_total{reason=\"authorization\"}",
+        1.0,
+        Duration::from_secs(60),
+    );
+    assert!(refused >= 1.0, "{:#?}", ingest.stderr());
+    assert!(
+        ingest.stderr().iter().any(|l| {
+            l.contains("cannot store a batch: Kafka does not let this ingester write the topic")
+                && l.contains("TopicAuthorizationFailed")
+        }),
+        "{:#?}",
+        ingest.stderr()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        sender.try_wait().unwrap().is_none(),
+        "nothing is acked meanwhile"
+    );
+
+    broker.deny_writes(false);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ingest
+        .stderr()
+        .iter()
+        .any(|l| l.contains("replaced the Kafka producer, which could produce no more"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the producer was not replaced: {:#?}",
+            ingest.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    broker.restart();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while sender.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the sender is not done 90 s after the ACL let it write: {:#?}",
+            ingest.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(sender.wait().unwrap().success(), "the sender gave up");
+    let files = data.path().join("files");
+    assert_eq!(
+        wait_lines(&files, 2 * LINES, Duration::from_secs(60)),
+        2 * LINES
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_agent_lines(&files, 0, LINES);
+    assert_agent_lines(&files, 1, LINES);
+}

@@ -10,7 +10,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use tracing::{error, info, warn};
@@ -260,6 +259,23 @@ impl ClientHealth {
     }
 }
 
+/// Implements `ClientContext` for a context type with a field `health:
+/// Arc<ClientHealth>`: librdkafka's log lines and errors go to it.
+macro_rules! reports_to_health {
+    ($context:ty) => {
+        impl rdkafka::client::ClientContext for $context {
+            fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+                self.health.line(level, facility, message);
+            }
+
+            fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+                self.health.report(&error, reason);
+            }
+        }
+    };
+}
+pub(crate) use reports_to_health;
+
 /// A client context that reports to a [`ClientHealth`].
 #[derive(Debug, Clone)]
 pub struct KafkaContext {
@@ -275,15 +291,7 @@ impl KafkaContext {
     }
 }
 
-impl ClientContext for KafkaContext {
-    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        self.health.line(level, facility, message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.health.report(&error, reason);
-    }
-}
+reports_to_health!(KafkaContext);
 
 /// For a consumer that joins no group (the start-up check of `route`).
 impl rdkafka::consumer::ConsumerContext for KafkaContext {}

@@ -4,7 +4,9 @@
 //! keep their order on one partition), value = the batch payload exactly as the
 //! agent sent it (already compressed, maybe sealed; the producer adds no second
 //! compression), headers = the buffer record's metadata (tenant, access key, agent
-//! id, seq range, key id, compression, chunk count, raw bytes, receive time).
+//! id, seq range, key id, compression, chunk count, raw bytes, receive time) and one
+//! `logferry.tag` per distinct tag the agent declared (informational: routers never
+//! read it).
 //!
 //! The producer is idempotent with `acks=all`; the agent's ack is sent only after
 //! the delivery report. The ingest tier keeps no state: after a reconnect elsewhere
@@ -22,6 +24,10 @@
 //! state is opened under an exclusive lock (`router/<destination>.p<N>.lock`): a
 //! router that lost a partition without noticing (a long pause) keeps its lock, and
 //! the new owner waits for it with the partition paused instead of writing beside it.
+//!
+//! - `produce.rs`: the ingest tier's producer;
+//! - `route.rs`: the routers' consumers;
+//! - `health.rs`: a refused login or unreachable brokers, logged once and remembered.
 
 mod health;
 mod produce;
@@ -41,11 +47,10 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use tracing::{info, warn};
 
+pub(crate) use health::reports_to_health;
 pub use health::{ClientHealth, KafkaContext, Trouble, TroubleKind};
 pub use produce::KafkaProducer;
 pub use route::{OpenPartition, partition_name, route_destination};
-
-use health::TroubleKind as Kind;
 
 /// Kafka settings shared by `ingest`, `route` and `kafka init`.
 #[derive(Debug, Clone, clap::Args)]
@@ -212,7 +217,7 @@ fn check_topic<C: ClientContext>(
             }
         }
         Err(e) => match health.recent(Duration::from_secs(30)) {
-            Some(trouble) if trouble.kind == Kind::Authentication => bail!(
+            Some(trouble) if trouble.kind == TroubleKind::Authentication => bail!(
                 "Kafka at {} refused the {role}'s credentials: {}; check security.protocol, \
                  sasl.mechanism, sasl.username and sasl.password ({})",
                 args.kafka_brokers,

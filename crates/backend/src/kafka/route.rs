@@ -8,10 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use logferry_buffer::Record;
-use rdkafka::client::ClientContext;
-use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use tracing::{error, info, warn};
@@ -36,15 +33,7 @@ struct RouteContext {
     health: Arc<ClientHealth>,
 }
 
-impl ClientContext for RouteContext {
-    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        self.health.line(level, facility, message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.health.report(&error, reason);
-    }
-}
+super::reports_to_health!(RouteContext);
 
 impl ConsumerContext for RouteContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

@@ -27,14 +27,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use rdkafka::ClientConfig;
-use rdkafka::client::ClientContext;
-use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{Chunk, Rejected, Sink};
 use crate::kafka::ClientHealth;
@@ -99,15 +97,7 @@ struct Reports {
     health: Arc<ClientHealth>,
 }
 
-impl ClientContext for Reports {
-    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        self.health.line(level, facility, message);
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        self.health.report(&error, reason);
-    }
-}
+crate::kafka::reports_to_health!(Reports);
 
 impl ProducerContext for Reports {
     type DeliveryOpaque = Box<usize>;
@@ -173,25 +163,34 @@ fn id_of(value: &[u8]) -> Option<&[u8]> {
     Some(&rest[..end])
 }
 
+/// The sink's producer, reporting to `health`.
+fn producer(
+    config: &KafkaSinkConfig,
+    health: Arc<ClientHealth>,
+) -> Result<ThreadedProducer<Reports>> {
+    config
+        .client(&[
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("linger.ms", "5"),
+            ("message.timeout.ms", "30000"),
+        ])
+        .create_with_context(Reports {
+            failed: Mutex::default(),
+            health,
+        })
+        .map_err(|e| {
+            crate::kafka::client_error(&format!("the Kafka producer for `{}`", config.topic), e)
+        })
+}
+
 impl KafkaSink {
     pub fn new(config: KafkaSinkConfig) -> Result<Self> {
-        let producer = config
-            .client(&[
-                ("enable.idempotence", "true"),
-                ("acks", "all"),
-                ("linger.ms", "5"),
-                ("message.timeout.ms", "30000"),
-            ])
-            .create_with_context(Reports {
-                failed: Mutex::default(),
-                health: ClientHealth::new(
-                    format!("kafka sink `{}`", config.destination),
-                    "the destination's `properties`, `properties_file`",
-                ),
-            })
-            .map_err(|e| {
-                crate::kafka::client_error(&format!("the Kafka producer for `{}`", config.topic), e)
-            })?;
+        let health = ClientHealth::new(
+            format!("kafka sink `{}`", config.destination),
+            "the destination's `properties`, `properties_file`",
+        );
+        let producer = producer(&config, health)?;
         Ok(Self {
             config,
             producer,
@@ -240,6 +239,16 @@ impl KafkaSink {
 
     /// Reads what this destination wrote past the checkpoint (see the module docs).
     fn scan(&mut self) -> Result<()> {
+        // A producer that hit a fatal error produces nothing more: a new one (a new
+        // producer id) takes over; what the old one may have written is found below.
+        if let Some((code, reason)) = self.producer.client().fatal_error() {
+            warn!(
+                destination = %self.config.destination,
+                "replacing the Kafka producer after a fatal error {code:?}: {reason}"
+            );
+            let health = self.producer.context().health.clone();
+            self.producer = producer(&self.config, health)?;
+        }
         // Nothing of an earlier attempt may still be on its way.
         self.producer
             .flush(KafkaSinkConfig::TIMEOUT)

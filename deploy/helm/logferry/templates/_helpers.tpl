@@ -108,6 +108,36 @@ with nindent at the args' indentation).
 - --kafka-property
 - {{ printf "%s=%v" $name $value | quote }}
 {{- end }}
+{{- if .Values.kafka.propertiesSecret }}
+- --kafka-properties-file
+- /etc/logferry/kafka/client.properties
+{{- end }}
+{{- end -}}
+
+{{/*
+The kafka.propertiesSecret mount of ingest, route and kafka init, and its volume:
+empty without one. Include with `trim | nindent` at the volumeMounts' (volumes')
+indentation.
+*/}}
+{{- define "logferry.kafka.propertiesMount" -}}
+{{- if .Values.kafka.propertiesSecret }}
+# librdkafka properties with secrets (--kafka-properties-file), and whatever
+# else the Secret holds (a CA for ssl.ca.location). A directory mount, no
+# subPath; read at start.
+- name: kafka-properties
+  mountPath: /etc/logferry/kafka
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{- define "logferry.kafka.propertiesVolume" -}}
+{{- if .Values.kafka.propertiesSecret }}
+- name: kafka-properties
+  secret:
+    secretName: {{ .Values.kafka.propertiesSecret }}
+    # Readable by the non-root backend through the pod's fsGroup, as the keys.
+    defaultMode: 0400
+{{- end }}
 {{- end -}}
 
 {{- define "logferry.agent.fullname" -}}
