@@ -238,6 +238,20 @@ impl Backend {
         }
     }
 
+    /// Polls until a line of stderr satisfies `line`; panics after `timeout` with
+    /// `what` and the stderr so far.
+    pub fn wait_for_stderr(&self, what: &str, timeout: Duration, line: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !self.stderr().iter().any(|l| line(l)) {
+            assert!(
+                Instant::now() < deadline,
+                "no {what} within {timeout:?}; stderr: {:#?}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The tenant registry in `<data-dir>/tenants.yaml`.
     pub fn registry(&self) -> logferry_backend::tenants::RegistryFile {
         logferry_backend::tenants::Registry::load(&self.data_dir.join("tenants.yaml"))

@@ -551,3 +551,43 @@ pub fn wait_lines(dir: &Path, at_least: usize, timeout: Duration) -> usize {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Starts [`send`] of `agent`'s `lines` lines to `ingest` on `port` while Kafka
+/// refuses the ingester's batches; waits until ingest has refused one for `reason`
+/// (`logferry_kafka_produce_failures_total{reason}`) with a log line `cannot store a
+/// batch: ...` holding every one of `says`, and checks that nothing is acked
+/// meanwhile. Returns the sender, still running.
+pub fn send_refused(
+    ingest: &Backend,
+    port: u16,
+    agent: usize,
+    lines: usize,
+    (reason, says): (&str, &[&str]),
+) -> Child {
+    let mut sender = send(
+        ingest,
+        &format!("https://127.0.0.1:{port}"),
+        agent,
+        lines,
+        Duration::from_millis(10),
+    );
+    let refused = ingest.wait_for_metric(
+        &format!("logferry_kafka_produce_failures_total{{reason=\"{reason}\"}}"),
+        1.0,
+        Duration::from_secs(60),
+    );
+    assert!(
+        refused >= 1.0,
+        "no refusal for {reason}: {:#?}",
+        ingest.stderr()
+    );
+    ingest.wait_for_stderr("refusal saying why", Duration::from_secs(10), |l| {
+        l.contains("cannot store a batch: ") && says.iter().all(|s| l.contains(s))
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        sender.try_wait().unwrap().is_none(),
+        "nothing is acked meanwhile"
+    );
+    sender
+}
