@@ -9,10 +9,10 @@
 //!   per N; compared with the first N.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use logferry_e2e::kafka::{Broker, TOPIC, kafka_flags};
 
 use crate::backend::Backend;
 use crate::end_to_end::{EndToEnd, LineCounter, stream};
@@ -23,72 +23,18 @@ use crate::report::{self, Table};
 /// Partitions of the benchmark's topic.
 const PARTITIONS: u32 = 3;
 
-/// A tansu broker in `dir`, with the topic; killed on drop.
-struct Broker {
-    child: Child,
-    brokers: String,
-}
-
-impl Broker {
-    fn start(tansu_bin: &Path, backend_bin: &Path, dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(tansu_bin)
-            .arg("broker")
-            .args(["--listener-url", &url, "--advertised-listener-url", &url])
-            .args(["--storage-engine", "sqlite://tansu.db"])
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", tansu_bin.display()))?;
-        let broker = Broker {
-            child,
-            brokers: format!("127.0.0.1:{port}"),
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                bail!("tansu did not listen on {port} within 30 s");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let init = Command::new(backend_bin)
-            .args(["kafka", "init", "--partitions", &PARTITIONS.to_string()])
-            .args(broker.flags())
-            .output()?;
-        if !init.status.success() {
-            bail!("kafka init: {}", String::from_utf8_lossy(&init.stderr));
-        }
-        Ok(broker)
-    }
-
-    fn flags(&self) -> Vec<String> {
-        vec!["--kafka-brokers".to_string(), self.brokers.clone()]
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A tansu broker (`logferry_e2e`'s, SQLite storage in `dir`) with the topic.
+fn broker(dir: &Path) -> Result<Broker> {
+    std::fs::create_dir_all(dir)?;
+    let broker = Broker::start(dir, logferry_e2e::backend::free_port());
+    broker.create_topic(TOPIC, PARTITIONS);
+    Ok(broker)
 }
 
 /// The same load as [`crate::end_to_end::run`], through Kafka, with one router
 /// running `--consumers route_consumers` meanwhile, all on one data directory.
-#[allow(clippy::too_many_arguments)]
 pub fn run(
     backend_bin: &Path,
-    tansu_bin: &Path,
     work_dir: &Path,
     chunk: &BenchChunk,
     total_bytes: u64,
@@ -97,10 +43,10 @@ pub fn run(
     route_consumers: usize,
 ) -> Result<EndToEnd> {
     let work_dir = work_dir.join(format!("kafka-{route_consumers}"));
-    let broker = Broker::start(tansu_bin, backend_bin, &work_dir.join("broker"))?;
+    let broker = broker(&work_dir.join("broker"))?;
     let data_dir = work_dir.join("backend");
-    let ingest = Backend::start_role(backend_bin, &data_dir, "ingest", &broker.flags())?;
-    let mut route_args = broker.flags();
+    let ingest = Backend::start_role(backend_bin, &data_dir, "ingest", &kafka_flags(&broker))?;
+    let mut route_args = kafka_flags(&broker);
     route_args.extend(["--consumers".to_string(), route_consumers.to_string()]);
     let route = Backend::start_role(backend_bin, &data_dir, "route", &route_args)?;
     let run = stream(
@@ -147,7 +93,6 @@ impl Drain {
 /// per entry of `consumers`.
 pub fn drain(
     backend_bin: &Path,
-    tansu_bin: &Path,
     work_dir: &Path,
     chunk: &BenchChunk,
     total_bytes: u64,
@@ -155,9 +100,9 @@ pub fn drain(
     timeout: Duration,
 ) -> Result<Vec<Drain>> {
     let work_dir = work_dir.join("kafka-drain");
-    let broker = Broker::start(tansu_bin, backend_bin, &work_dir.join("broker"))?;
+    let broker = broker(&work_dir.join("broker"))?;
     let data_dir = work_dir.join("backend");
-    let ingest = Backend::start_role(backend_bin, &data_dir, "ingest", &broker.flags())?;
+    let ingest = Backend::start_role(backend_bin, &data_dir, "ingest", &kafka_flags(&broker))?;
     // No router: everything acked stays in the topic.
     let loaded = stream(
         &ingest,
@@ -179,7 +124,7 @@ pub fn drain(
         // A destination of its own: its own consumer group, read from the start.
         let name = format!("drain-{run}-consumers-{n}");
         std::fs::write(&registry, with_destination(&original, &name)?)?;
-        let mut args = broker.flags();
+        let mut args = kafka_flags(&broker);
         args.extend(["--consumers".to_string(), n.to_string()]);
         let broker_cpu_start = measure::process_cpu(broker.pid())?;
         let started = Instant::now();

@@ -131,6 +131,12 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if let Some(tansu) = &cli.tansu_bin {
+        // SAFETY: no other thread runs yet, so none reads the environment meanwhile.
+        // The brokers of the kafka and sinks scenarios (`logferry_e2e::kafka`) look
+        // for tansu there.
+        unsafe { std::env::set_var("TANSU_BIN", tansu) };
+    }
     let wanted = |scenario| cli.only.is_empty() || cli.only.contains(&scenario);
     let total_bytes = cli.total_mb * 1_000_000;
     let large = BenchChunk::load(fixture::LARGE)?;
@@ -255,14 +261,13 @@ fn run(cli: Cli) -> Result<()> {
                 "4. Kafka mode: SKIPPED, no `tansu` found (cargo install tansu --locked \
                  --features dynostore,libsql, or --tansu-bin)\n"
             ),
-            Some(tansu) => {
+            Some(_) => {
                 let consumers = cli.route_consumers.first().copied().unwrap_or(1);
                 eprintln!(
                     "logferry-bench: agent -> ingest -> Kafka -> route --consumers {consumers} ..."
                 );
                 let run = kafka::run(
                     backend_bin,
-                    &tansu,
                     work.path(),
                     &large,
                     total_bytes,
@@ -279,7 +284,6 @@ fn run(cli: Cli) -> Result<()> {
                 );
                 drains = kafka::drain(
                     backend_bin,
-                    &tansu,
                     work.path(),
                     &large,
                     total_bytes,

@@ -403,6 +403,11 @@ impl Broker {
             .expect("a Kafka consumer")
     }
 
+    /// The broker's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("a running broker").id()
+    }
+
     /// SIGSTOP (`true`) or SIGCONT (`false`): a broker that holds connections open
     /// and answers nothing, as an overloaded or stalled one does.
     pub fn pause(&self, paused: bool) {
@@ -530,6 +535,20 @@ pub fn assert_agent_lines(dir: &Path, agent: usize, lines: usize) {
         .map(|n| format!("agent-{agent} line {n:07}"))
         .collect();
     assert_eq!(got, want, "agent {agent}: every record once, in order");
+}
+
+/// Waits until the files under `dir` hold `agents` agents' `lines` lines each (as
+/// [`send`] makes them), then asserts each agent's are there once and in order.
+pub fn assert_agents_landed(dir: &Path, agents: usize, lines: usize) {
+    assert_eq!(
+        wait_lines(dir, agents * lines, Duration::from_secs(90)),
+        agents * lines
+    );
+    // Long enough for a duplicate to show.
+    std::thread::sleep(Duration::from_secs(1));
+    for agent in 0..agents {
+        assert_agent_lines(dir, agent, lines);
+    }
 }
 
 /// [`send`] of agent 0's `lines` lines to `ingest` on `port`, waiting until every

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use logferry_e2e::ACME_DESTINATIONS;
 use logferry_e2e::backend::{backend_bin, count_jsonl_lines, free_port, read_jsonl_tree, wait_for};
 use logferry_e2e::kafka::{
-    Broker, TOPIC, assert_agent_lines, kafka_flags, router_flags, send, send_all, send_refused,
-    start, wait_lines,
+    Broker, TOPIC, assert_agent_lines, assert_agents_landed, kafka_flags, router_flags, send,
+    send_all, send_refused, start, wait_lines,
 };
 use logferry_e2e::sinks::S3Server;
 
@@ -544,15 +544,7 @@ fn a_full_produce_queue_is_refused_clearly_and_nothing_is_lost() {
     for sender in &mut senders {
         assert!(sender.wait().unwrap().success(), "a sender gave up");
     }
-    let files = data.path().join("files");
-    assert_eq!(
-        wait_lines(&files, 2 * LINES, Duration::from_secs(90)),
-        2 * LINES
-    );
-    std::thread::sleep(Duration::from_secs(1));
-    for agent in 0..2 {
-        assert_agent_lines(&files, agent, LINES);
-    }
+    assert_agents_landed(&data.path().join("files"), 2, LINES);
 }
 
 /// Fencing between routers that share a data directory: a partition's state is
@@ -723,12 +715,5 @@ fn a_topic_acl_refusal_is_clear_and_nothing_is_lost() {
         sender.try_wait().unwrap().is_some()
     });
     assert!(sender.wait().unwrap().success(), "the sender gave up");
-    let files = data.path().join("files");
-    assert_eq!(
-        wait_lines(&files, 2 * LINES, Duration::from_secs(60)),
-        2 * LINES
-    );
-    std::thread::sleep(Duration::from_secs(1));
-    assert_agent_lines(&files, 0, LINES);
-    assert_agent_lines(&files, 1, LINES);
+    assert_agents_landed(&data.path().join("files"), 2, LINES);
 }

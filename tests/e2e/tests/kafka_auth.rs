@@ -10,8 +10,8 @@ use std::time::Duration;
 use logferry_e2e::ACME_DESTINATIONS;
 use logferry_e2e::backend::{Backend, backend_bin, free_port, send_lines, wait_for};
 use logferry_e2e::kafka::{
-    Broker, ScramUser, TOPIC, assert_agent_lines, kafka_flags, router_flags, send_all,
-    send_refused, start, wait_lines,
+    Broker, ScramUser, TOPIC, assert_agent_lines, assert_agents_landed, kafka_flags, router_flags,
+    send_all, send_refused, start, wait_lines,
 };
 
 fn admin() -> ScramUser {
@@ -165,14 +165,7 @@ fn refused_kafka_credentials_are_clear_and_nothing_is_lost() {
     let second: Vec<&str> = second.iter().map(String::as_str).collect();
     let _ingest = start("ingest", data.path(), port, &broker, &second);
     assert!(sender.wait().unwrap().success(), "the sender gave up");
-    let files = data.path().join("files");
-    assert_eq!(
-        wait_lines(&files, 2 * LINES, Duration::from_secs(60)),
-        2 * LINES
-    );
-    std::thread::sleep(Duration::from_secs(1));
-    assert_agent_lines(&files, 0, LINES);
-    assert_agent_lines(&files, 1, LINES);
+    assert_agents_landed(&data.path().join("files"), 2, LINES);
 }
 
 /// A SASL mechanism this build lacks (GSSAPI needs Cyrus SASL, which is not built in)
