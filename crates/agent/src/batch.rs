@@ -75,7 +75,20 @@ pub fn build(
         raw_bytes,
         chunk_count,
         tags,
+        declared_lost: 0,
     })
+}
+
+/// How many seqs `batch` skips after `sent_to` (the last seq sent before it): the
+/// seqs between the two and the gaps inside the batch. What an agent declares lost
+/// in `Batch.declared_lost`, and what the backend counts.
+pub fn skipped(batch: &Batch, sent_to: u64) -> u64 {
+    let before = batch.first_seq.saturating_sub(sent_to.saturating_add(1));
+    let span = batch
+        .last_seq
+        .saturating_sub(batch.first_seq)
+        .saturating_add(1);
+    before.saturating_add(span.saturating_sub(u64::from(batch.chunk_count)))
 }
 
 /// The inverse of [`build`], used by the backend's router. `max_raw_bytes` bounds
@@ -85,16 +98,62 @@ pub fn open(
     compression: Compression,
     max_raw_bytes: usize,
 ) -> Result<BatchPayload, String> {
-    let raw;
-    let bytes = match compression {
+    decode(&decompress(payload, compression, max_raw_bytes)?)
+}
+
+/// A batch's payload decompressed, refused once it would exceed `max_raw_bytes`.
+pub fn decompress(
+    payload: &[u8],
+    compression: Compression,
+    max_raw_bytes: usize,
+) -> Result<std::borrow::Cow<'_, [u8]>, String> {
+    match compression {
+        Compression::Zstd => zstd::bulk::decompress(payload, max_raw_bytes)
+            .map(std::borrow::Cow::Owned)
+            .map_err(|e| format!("zstd decompression failed (limit {max_raw_bytes} bytes): {e}")),
+        Compression::None if payload.len() > max_raw_bytes => Err(format!(
+            "the payload holds {} bytes, over the limit of {max_raw_bytes}",
+            payload.len()
+        )),
+        Compression::None => Ok(std::borrow::Cow::Borrowed(payload)),
+    }
+}
+
+/// Decodes a decompressed payload.
+pub fn decode(raw: &[u8]) -> Result<BatchPayload, String> {
+    BatchPayload::decode(raw).map_err(|e| format!("batch payload does not decode: {e}"))
+}
+
+/// How many bytes a payload decompresses to, streamed through a fixed buffer: it
+/// stops with an error as soon as the output passes `max_raw_bytes`, and never holds
+/// the output. For checking a declared size without paying for it in memory.
+pub fn raw_len(
+    payload: &[u8],
+    compression: Compression,
+    max_raw_bytes: u64,
+) -> Result<u64, String> {
+    use std::io::Read;
+    match compression {
+        Compression::None => Ok(payload.len() as u64),
         Compression::Zstd => {
-            raw = zstd::bulk::decompress(payload, max_raw_bytes)
+            let decoder = zstd::stream::read::Decoder::with_buffer(payload)
                 .map_err(|e| format!("zstd decompression failed: {e}"))?;
-            &raw[..]
+            let mut limited = decoder.take(max_raw_bytes.saturating_add(1));
+            let mut buf = vec![0u8; 64 << 10];
+            let mut total = 0u64;
+            loop {
+                match limited.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => total += n as u64,
+                    Err(e) => return Err(format!("zstd decompression failed: {e}")),
+                }
+            }
+            if total > max_raw_bytes {
+                return Err(format!("decompresses to more than {max_raw_bytes} bytes"));
+            }
+            Ok(total)
         }
-        Compression::None => payload,
-    };
-    BatchPayload::decode(bytes).map_err(|e| format!("batch payload does not decode: {e}"))
+    }
 }
 
 #[cfg(test)]

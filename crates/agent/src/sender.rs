@@ -512,6 +512,9 @@ async fn session(
         ..Stage::default()
     };
     let mut in_flight: VecDeque<(u64, Instant)> = VecDeque::new();
+    // The last seq sent on this stream (at first, what the backend holds): a batch
+    // declares the seqs its spool no longer holds between it and this.
+    let mut sent_to = welcome.stored_seq;
     loop {
         stage.fill(spool, settings.batch_max_bytes)?;
         if stage.is_empty() && in_flight.is_empty() && stage.next_read - 1 > spool.acked_seq() {
@@ -526,10 +529,20 @@ async fn session(
         if ready && in_flight.len() < config.window {
             let entries = stage.take();
             let chunks = entries.len() as u64;
-            let batch = tokio::task::block_in_place(|| {
+            let mut batch = tokio::task::block_in_place(|| {
                 batch::build(entries, settings.compression, settings.sealer.as_ref())
             })
             .map_err(|e| SessionError::new(format!("compressing a batch: {e}")))?;
+            batch.declared_lost = batch::skipped(&batch, sent_to);
+            if batch.declared_lost > 0 {
+                warn!(
+                    "declaring {} seq(s) between {} and {} lost: the spool no longer holds them",
+                    batch.declared_lost,
+                    sent_to + 1,
+                    batch.last_seq
+                );
+            }
+            sent_to = sent_to.max(batch.last_seq);
             let c = &shared.counters;
             c.batches_sent.fetch_add(1, Ordering::Relaxed);
             c.chunks_sent.fetch_add(chunks, Ordering::Relaxed);

@@ -21,6 +21,7 @@ pub mod fsutil;
 pub mod ingest;
 pub mod kafka;
 pub mod keys;
+pub mod limits;
 pub mod live;
 pub mod metrics;
 pub mod pki;

@@ -10,6 +10,8 @@
 //! | `ingest_wire_bytes_total` | counter | tenant | payload bytes as received |
 //! | `ingest_duplicate_batches_total` | counter | tenant | re-sent batches acked without storing |
 //! | `auth_failures_total` | counter | reason | refused calls: `unauthenticated`, `permission_denied` |
+//! | `ingest_refused_total` | counter | tenant, reason | batches and streams refused for what they hold: `agent_owner` (an agent id another access key owns), `seq_gap` (an undeclared jump past `--max-seq-gap`), `raw_size` (a declared size that lies or is over `--max-batch-bytes`), `malformed` |
+//! | `ingest_seqs_lost_total` | counter | tenant | seqs an agent skipped (declared lost by its spool, or within `--max-seq-gap`) |
 //! | `rate_limited_total` | counter | tenant | batches refused with RESOURCE_EXHAUSTED by the tenant's rate limit |
 //! | `registry_reloads_total` | counter | result | tenant registry and revocation list reloads: `ok`, `error` |
 //! | `registry_version` | gauge | | version of the registry in use (starts at 1, +1 per reload) |
@@ -25,7 +27,7 @@
 //! | `destination_duplicates_skipped_total` | counter | destination | chunks skipped as already delivered |
 //! | `destination_lag_batches` | gauge | destination | stored batches not yet delivered |
 //! | `destination_batches_opened_total` | counter | destination, key_id | batches opened; key id `0`: not encrypted |
-//! | `destination_open_failures_total` | counter | destination, reason | batches dead-lettered because they did not open: `unknown_key`, `seal`, `payload` |
+//! | `destination_open_failures_total` | counter | destination, reason | batches dead-lettered because they did not open: `unknown_key`, `seal`, `payload`, `limit` (over `--max-batch-bytes`), `range` (chunk seqs that do not match the header), `panic` (delivering it panicked), `stopped` (the process stopped twice while delivering it) |
 //! | `kafka_produce_failures_total` | counter | reason | batches `logferry ingest` could not store in Kafka (the agent keeps them): `queue_full`, `message_too_large`, `topic_missing`, `authorization`, `unavailable` |
 //!
 //! `/healthz` answers 200 while the process runs. `/readyz` answers 503 until the
@@ -57,6 +59,8 @@ pub struct Metrics {
     pub ingest_wire_bytes: IntCounterVec,
     pub ingest_duplicates: IntCounterVec,
     pub auth_failures: IntCounterVec,
+    pub ingest_refused: IntCounterVec,
+    pub ingest_seqs_lost: IntCounterVec,
     pub rate_limited: IntCounterVec,
     pub registry_reloads: IntCounterVec,
     pub kafka_produce_failures: IntCounterVec,
@@ -159,6 +163,16 @@ impl Metrics {
                 "auth_failures_total",
                 "Calls refused by authentication or authorisation",
                 &["reason"],
+            )?,
+            ingest_refused: counter(
+                "ingest_refused_total",
+                "Batches and streams refused for what they hold",
+                &["tenant", "reason"],
+            )?,
+            ingest_seqs_lost: counter(
+                "ingest_seqs_lost_total",
+                "Seqs agents skipped: declared lost, or within --max-seq-gap",
+                &["tenant"],
             )?,
             buffer_bytes: gauge("buffer_bytes", "Bytes of retained buffer segments")?,
             buffer_max_bytes: gauge("buffer_max_bytes", "Size cap of the buffer")?,

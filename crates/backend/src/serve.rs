@@ -126,9 +126,31 @@ pub struct ServeArgs {
     /// surge (or drop): `logferry_agent_rate_anomaly`.
     #[arg(long, env = "LOGFERRY_AGENT_ANOMALY_FACTOR", default_value_t = 10.0)]
     pub agent_anomaly_factor: f64,
+    /// The largest batch accepted, decompressed (what it declares, and what it
+    /// holds). Ingest refuses a larger one with INVALID_ARGUMENT; the router
+    /// dead-letters one it opens. Bounds the memory one batch can take. The agent's
+    /// batches are at most 48M.
+    #[arg(long, env = "LOGFERRY_MAX_BATCH_BYTES", default_value = "64M", value_parser = parse_size)]
+    pub max_batch_bytes: u64,
+    /// How many seqs an agent's batch may skip past what the backend holds of it
+    /// without declaring them lost (agents declare what their spool lost). A larger
+    /// undeclared jump is refused with INVALID_ARGUMENT: it would make the backend
+    /// drop the agent's next chunks as already stored.
+    #[arg(long, env = "LOGFERRY_MAX_SEQ_GAP", default_value_t = crate::limits::DEFAULT_MAX_SEQ_GAP)]
+    pub max_seq_gap: u64,
     /// Stop tracking an agent silent for this long (a decommissioned host).
     #[arg(long, env = "LOGFERRY_AGENT_FORGET_AFTER", default_value = "7d", value_parser = humantime::parse_duration)]
     pub agent_forget_after: Duration,
+}
+
+impl ServeArgs {
+    /// `--max-batch-bytes` and `--max-seq-gap`.
+    pub fn batch_limits(&self) -> crate::limits::BatchLimits {
+        crate::limits::BatchLimits {
+            max_batch_bytes: self.max_batch_bytes,
+            max_seq_gap: self.max_seq_gap,
+        }
+    }
 }
 
 /// `--metrics-listen`: an address, or `off`.
@@ -288,6 +310,12 @@ pub async fn run_role(args: ServeArgs, role: Role) -> Result<()> {
             )
         }
     };
+    if args.max_batch_bytes < 1 << 20 {
+        bail!(
+            "--max-batch-bytes must be at least 1M, got {}",
+            args.max_batch_bytes
+        );
+    }
     if args.agent_anomaly_factor <= 1.0 {
         bail!(
             "--agent-anomaly-factor must be above 1, got {}",
@@ -350,6 +378,7 @@ pub async fn run_role(args: ServeArgs, role: Role) -> Result<()> {
         metrics: metrics.clone(),
         limiter: Arc::default(),
         activity,
+        limits: args.batch_limits(),
     };
 
     if development {
@@ -729,7 +758,8 @@ impl DestinationPlan {
             keys.clone(),
         )?
         .with_route(self.route.clone())
-        .with_format(self.format);
+        .with_format(self.format)
+        .with_max_batch_bytes(args.max_batch_bytes);
         Ok(match lock {
             Some(lock) => destination.with_lock(lock),
             None => destination,

@@ -174,6 +174,7 @@ async fn send(
                 raw_bytes: payload.len() as u64,
                 chunk_count: 1,
                 tags: Vec::new(),
+                declared_lost: 0,
             };
             tx.send(AgentMessage {
                 msg: Some(agent_message::Msg::Batch(batch)),

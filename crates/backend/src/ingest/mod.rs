@@ -9,4 +9,4 @@ mod service;
 pub use auth::{Authenticator, Session, status_for};
 pub use limit::Limiter;
 pub use marks::{AgentKey, Marks};
-pub use service::{IngestService, MAX_RAW_BATCH_BYTES, Storage};
+pub use service::{IngestService, Storage};

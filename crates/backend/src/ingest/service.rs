@@ -22,12 +22,11 @@ use super::limit::Limiter;
 use super::marks::{AgentMark, Marks};
 use crate::activity::Activity;
 use crate::auth::LEEWAY_SECS;
+use crate::limits::BatchLimits;
 use crate::tenants::Principal;
 
 /// How long a new stream may take to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest decompressed batch we accept (the agent caps batches at 48 MiB).
-pub const MAX_RAW_BATCH_BYTES: u64 = 256 << 20;
 
 #[derive(Debug, Clone)]
 pub struct IngestService {
@@ -37,6 +36,8 @@ pub struct IngestService {
     pub metrics: Metrics,
     pub limiter: Arc<Limiter>,
     pub activity: Arc<Activity>,
+    /// What one batch may declare and skip.
+    pub limits: BatchLimits,
     /// Set when the backend shuts down: open streams end with UNAVAILABLE.
     pub shutdown: watch::Receiver<bool>,
 }
@@ -70,10 +71,14 @@ fn invalid(message: String) -> Status {
     Status::invalid_argument(message)
 }
 
+/// Why a batch is refused: the `ingest_refused_total` reason and the message.
+type Refusal = (&'static str, String);
+
 /// Checks the parts of a batch the ingest path can check without opening it.
-fn validate(batch: &Batch) -> Result<(), Status> {
+fn validate(batch: &Batch, limits: &BatchLimits) -> Result<(), Refusal> {
+    let malformed = |message: String| ("malformed", message);
     if batch.first_seq == 0 || batch.last_seq < batch.first_seq {
-        return Err(invalid(format!(
+        return Err(malformed(format!(
             "batch seq range [{}, {}] is not valid: seqs start at 1 and ranges ascend",
             batch.first_seq, batch.last_seq
         )));
@@ -82,29 +87,32 @@ fn validate(batch: &Batch) -> Result<(), Status> {
     // damaged, are never reused), so a batch holds at most one chunk per seq it spans.
     let span = batch.last_seq - batch.first_seq + 1;
     if batch.chunk_count == 0 || u64::from(batch.chunk_count) > span {
-        return Err(invalid(format!(
+        return Err(malformed(format!(
             "batch [{}, {}] claims {} chunks but spans {span}",
             batch.first_seq, batch.last_seq, batch.chunk_count
         )));
     }
     if Compression::try_from(batch.compression).is_err() {
-        return Err(invalid(format!(
+        return Err(malformed(format!(
             "unknown compression {}",
             batch.compression
         )));
     }
-    if batch.raw_bytes > MAX_RAW_BATCH_BYTES {
-        return Err(invalid(format!(
-            "batch of {} raw bytes is over the {MAX_RAW_BATCH_BYTES} byte limit",
-            batch.raw_bytes
-        )));
+    if batch.raw_bytes > limits.max_batch_bytes {
+        return Err((
+            "raw_size",
+            format!(
+                "batch of {} raw bytes is over the {} byte limit (--max-batch-bytes)",
+                batch.raw_bytes, limits.max_batch_bytes
+            ),
+        ));
     }
     if batch.payload.is_empty() {
-        return Err(invalid("batch payload is empty".into()));
+        return Err(malformed("batch payload is empty".into()));
     }
     // Each chunk has one tag, so a batch has at most as many distinct tags as chunks.
     if batch.tags.len() > batch.chunk_count as usize {
-        return Err(invalid(format!(
+        return Err(malformed(format!(
             "batch [{}, {}] lists {} tags for {} chunks",
             batch.first_seq,
             batch.last_seq,
@@ -113,6 +121,31 @@ fn validate(batch: &Batch) -> Result<(), Status> {
         )));
     }
     Ok(())
+}
+
+/// Checks that an unsealed batch decompresses to exactly the size it declares,
+/// streaming through a fixed buffer (a sealed one is checked by the router, which
+/// holds the key).
+async fn check_raw_size(batch: &Batch) -> Result<(), Refusal> {
+    let declared = batch.raw_bytes;
+    let compression = Compression::try_from(batch.compression).unwrap_or(Compression::None);
+    let payload = batch.payload.clone();
+    let measured = tokio::task::spawn_blocking(move || {
+        logferry_agent::batch::raw_len(&payload, compression, declared)
+    })
+    .await
+    .map_err(|e| ("raw_size", format!("checking the batch's size failed: {e}")))?;
+    match measured {
+        Ok(n) if n == declared => Ok(()),
+        Ok(n) => Err((
+            "raw_size",
+            format!("the batch declares {declared} raw bytes but decompresses to {n}"),
+        )),
+        Err(e) => Err((
+            "raw_size",
+            format!("the batch declares {declared} raw bytes: {e}"),
+        )),
+    }
 }
 
 fn buffer_status(error: &logferry_buffer::Error) -> Status {
@@ -147,7 +180,17 @@ impl IngestService {
         mark: &AgentMark,
         batch: Batch,
     ) -> Result<Ack, Status> {
-        validate(&batch)?;
+        let refuse = |(reason, message): Refusal| {
+            self.metrics
+                .ingest_refused
+                .with_label_values(&[principal.tenant.as_str(), reason])
+                .inc();
+            invalid(message)
+        };
+        validate(&batch, &self.limits).map_err(refuse)?;
+        if batch.key_id == 0 {
+            check_raw_size(&batch).await.map_err(refuse)?;
+        }
         let tenants = self.auth.live.tenants();
         let required = tenants.agent_config(&principal.tenant).encryption_key_id;
         if required != 0 && batch.key_id == 0 {
@@ -162,7 +205,10 @@ impl IngestService {
         }
         let limit = tenants.rate_limit(&principal.tenant);
         let wire_bytes = batch.payload.len() as u64;
-        if let Err(wait) = self.limiter.admit(&principal.tenant, limit, wire_bytes) {
+        // A limit counts what a batch decompresses to as well: a small batch that
+        // expands a thousandfold costs the router that much.
+        let cost = wire_bytes.max(batch.raw_bytes);
+        if let Err(wait) = self.limiter.admit(&principal.tenant, limit, cost) {
             self.metrics
                 .rate_limited
                 .with_label_values(&[principal.tenant.as_str()])
@@ -196,14 +242,39 @@ impl IngestService {
                 duplicate: true,
             });
         }
-        if batch.first_seq > stored + 1 {
+        // Seqs the batch skips: between the mark and the batch, and inside it. A jump
+        // moves the mark past seqs the agent may still send, so one larger than the
+        // bound must be declared (an agent declares what its spool lost).
+        let skipped = logferry_agent::batch::skipped(&batch, stored);
+        if skipped > 0 {
+            let agent = hex::encode(agent_id);
+            if skipped > self.limits.max_seq_gap && batch.declared_lost < skipped {
+                return Err(refuse((
+                    "seq_gap",
+                    format!(
+                        "batch [{}, {}] skips {skipped} seqs past the stored seq {stored} of \
+                         agent {agent}, more than --max-seq-gap {} allows undeclared, and \
+                         declares {} lost",
+                        batch.first_seq,
+                        batch.last_seq,
+                        self.limits.max_seq_gap,
+                        batch.declared_lost
+                    ),
+                )));
+            }
             warn!(
                 tenant = %principal.tenant,
-                agent = %hex::encode(agent_id),
-                "gap: seqs {}..{} never arrived (the agent's spool lost them)",
+                agent = %agent,
+                "gap: {skipped} seq(s) between {} and {} never arrive ({}); the agent's spool \
+                 lost them",
                 stored + 1,
-                batch.first_seq - 1
+                batch.last_seq,
+                if batch.declared_lost >= skipped { "declared lost" } else { "undeclared, within --max-seq-gap" }
             );
+            self.metrics
+                .ingest_seqs_lost
+                .with_label_values(&[principal.tenant.as_str()])
+                .inc_by(skipped);
         }
         let meta = RecordMeta {
             tenant: principal.tenant.clone(),
@@ -290,6 +361,22 @@ impl IngestService {
         })?;
         let agent = hex::encode(agent_id);
         let mark = self.marks.agent((principal.tenant.clone(), agent_id));
+        // An agent id belongs to the access key that first presented it: another key
+        // of the tenant could otherwise move its mark and erase its later chunks.
+        if let Err(owner) = mark.claim(&principal.access_key) {
+            self.metrics
+                .ingest_refused
+                .with_label_values(&[principal.tenant.as_str(), "agent_owner"])
+                .inc();
+            let status = Status::permission_denied(format!(
+                "agent id {agent} belongs to access key `{owner}` of tenant `{}`; access key \
+                 `{}` may not send as it (every agent spool has its own id)",
+                principal.tenant, principal.access_key
+            ));
+            self.metrics.auth_failed(&status);
+            warn!(tenant = %principal.tenant, access_key = %principal.access_key, agent = %agent, owner = %owner, "refused: the agent id belongs to another access key");
+            return Err(status);
+        }
         if matches!(self.storage, Storage::Kafka(_)) {
             // A stateless ingester cannot know what Kafka holds: it trusts the agent's
             // own acked cursor, and the router drops any batch stored twice.

@@ -1,4 +1,5 @@
-//! Fluent Bit chunks into output records.
+//! Fluent Bit chunks into output records, streamed: no value trees, no whole-chunk
+//! event list.
 //!
 //! A chunk is a concatenation of msgpack values, one per event, with no outer array:
 //! `[[timestamp, metadata], body]` (Fluent Bit 2.x+) or `[timestamp, body]` (the
@@ -11,31 +12,36 @@
 //! `{"time": RFC 3339 with nanoseconds, "tag", "tenant", "agent", "metadata", "record"}`,
 //! plus `"group": {"metadata", "body"}` inside a group. Binary values become base64
 //! strings; other ext values `{"$ext": type, "b64": data}`; map keys that are not
-//! strings are written as their JSON text.
+//! strings are written as their JSON text; strings that are not UTF-8 are read
+//! lossily; non-finite floats become `null`. The bytes are those `serde_json` wrote
+//! for the same values before this module transcoded directly (strings escaped the
+//! same way, floats through `ryu`).
+//!
+//! Memory: [`events`] walks the chunk in place and yields each event as slices of it,
+//! so decoding holds one event's position at a time, whatever the chunk holds. A
+//! caller renders each record into its own buffer and hands the buffer on when it is
+//! large enough ([`Renderer`]); nesting is bounded by [`MAX_DEPTH`].
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::{DateTime, SecondsFormat};
-use rmpv::ValueRef as Value;
-use serde::Serialize;
-use serde::ser::{SerializeMap, SerializeSeq};
 
 /// Deepest nesting accepted in one event (bounds the decoder's stack).
 const MAX_DEPTH: usize = 256;
 
-/// One decoded event. Strings and binaries borrow from the chunk: decoding allocates
-/// only the arrays and maps.
-#[derive(Debug, Clone, PartialEq)]
+/// One decoded event. `metadata` and `body` are the msgpack bytes of their maps, in
+/// the chunk; `metadata` is `None` for the legacy format (rendered as `{}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event<'a> {
     Record {
         sec: i64,
         nsec: u32,
-        metadata: Value<'a>,
-        body: Value<'a>,
+        metadata: Option<&'a [u8]>,
+        body: &'a [u8],
     },
     GroupStart {
-        metadata: Value<'a>,
-        body: Value<'a>,
+        metadata: Option<&'a [u8]>,
+        body: &'a [u8],
     },
     GroupEnd,
 }
@@ -49,58 +55,233 @@ pub struct DecodeError {
     pub reason: String,
 }
 
-fn timestamp(value: &Value<'_>) -> Result<(i64, u32), String> {
-    match value {
-        &Value::Ext(0, data) if data.len() == 8 => {
+/// The kind of a msgpack value, as far as decoding needs to tell.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Head {
+    Nil,
+    Bool(bool),
+    Uint(u64),
+    Int(i64),
+    F32(f32),
+    F64(f64),
+    Str(usize),
+    Bin(usize),
+    Array(u64),
+    Map(u64),
+    Ext(i8, usize),
+}
+
+impl Head {
+    fn name(self) -> &'static str {
+        match self {
+            Head::Nil => "nil",
+            Head::Bool(_) => "a boolean",
+            Head::Uint(_) | Head::Int(_) => "an integer",
+            Head::F32(_) | Head::F64(_) => "a float",
+            Head::Str(_) => "a string",
+            Head::Bin(_) => "a binary",
+            Head::Array(_) => "an array",
+            Head::Map(_) => "a map",
+            Head::Ext(..) => "an ext value",
+        }
+    }
+}
+
+/// A cursor over msgpack bytes. Every length it reads is checked against what is
+/// left before anything is taken, so a declared size that lies is an error.
+#[derive(Debug, Clone)]
+struct Cursor<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|end| *end <= self.data.len())
+            .ok_or_else(|| {
+                format!(
+                    "not msgpack: {n} byte(s) declared at byte {}, {} left",
+                    self.pos,
+                    self.data.len() - self.pos
+                )
+            })?;
+        let bytes = &self.data[self.pos..end];
+        self.pos = end;
+        Ok(bytes)
+    }
+
+    fn byte(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn be<const N: usize>(&mut self) -> Result<[u8; N], String> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+
+    fn len8(&mut self) -> Result<usize, String> {
+        Ok(usize::from(self.byte()?))
+    }
+
+    fn len16(&mut self) -> Result<usize, String> {
+        Ok(usize::from(u16::from_be_bytes(self.be()?)))
+    }
+
+    fn len32(&mut self) -> Result<usize, String> {
+        Ok(u32::from_be_bytes(self.be()?) as usize)
+    }
+
+    /// Reads the head of the next value (its payload, for strings, binaries and
+    /// exts, is read by the caller).
+    fn head(&mut self) -> Result<Head, String> {
+        let at = self.pos;
+        let b = self.byte()?;
+        Ok(match b {
+            0x00..=0x7f => Head::Uint(u64::from(b)),
+            0x80..=0x8f => Head::Map(u64::from(b & 0x0f)),
+            0x90..=0x9f => Head::Array(u64::from(b & 0x0f)),
+            0xa0..=0xbf => Head::Str(usize::from(b & 0x1f)),
+            0xc0 => Head::Nil,
+            0xc2 => Head::Bool(false),
+            0xc3 => Head::Bool(true),
+            0xc4 => Head::Bin(self.len8()?),
+            0xc5 => Head::Bin(self.len16()?),
+            0xc6 => Head::Bin(self.len32()?),
+            0xc7 => {
+                let n = self.len8()?;
+                Head::Ext(self.byte()? as i8, n)
+            }
+            0xc8 => {
+                let n = self.len16()?;
+                Head::Ext(self.byte()? as i8, n)
+            }
+            0xc9 => {
+                let n = self.len32()?;
+                Head::Ext(self.byte()? as i8, n)
+            }
+            0xca => Head::F32(f32::from_be_bytes(self.be()?)),
+            0xcb => Head::F64(f64::from_be_bytes(self.be()?)),
+            0xcc => Head::Uint(u64::from(self.byte()?)),
+            0xcd => Head::Uint(u64::from(u16::from_be_bytes(self.be()?))),
+            0xce => Head::Uint(u64::from(u32::from_be_bytes(self.be()?))),
+            0xcf => Head::Uint(u64::from_be_bytes(self.be()?)),
+            0xd0 => Head::Int(i64::from(self.byte()? as i8)),
+            0xd1 => Head::Int(i64::from(i16::from_be_bytes(self.be()?))),
+            0xd2 => Head::Int(i64::from(i32::from_be_bytes(self.be()?))),
+            0xd3 => Head::Int(i64::from_be_bytes(self.be()?)),
+            0xd4 => Head::Ext(self.byte()? as i8, 1),
+            0xd5 => Head::Ext(self.byte()? as i8, 2),
+            0xd6 => Head::Ext(self.byte()? as i8, 4),
+            0xd7 => Head::Ext(self.byte()? as i8, 8),
+            0xd8 => Head::Ext(self.byte()? as i8, 16),
+            0xd9 => Head::Str(self.len8()?),
+            0xda => Head::Str(self.len16()?),
+            0xdb => Head::Str(self.len32()?),
+            0xdc => Head::Array(self.len16()? as u64),
+            0xdd => Head::Array(self.len32()? as u64),
+            0xde => Head::Map(self.len16()? as u64),
+            0xdf => Head::Map(self.len32()? as u64),
+            0xe0..=0xff => Head::Int(i64::from(b as i8)),
+            0xc1 => return Err(format!("not msgpack: reserved byte 0xc1 at byte {at}")),
+        })
+    }
+
+    /// Skips one whole value, checking it is well formed; returns its bytes.
+    fn skip(&mut self, depth: usize) -> Result<&'a [u8], String> {
+        let start = self.pos;
+        let head = self.head()?;
+        self.skip_rest(head, depth)?;
+        Ok(&self.data[start..self.pos])
+    }
+
+    fn skip_rest(&mut self, head: Head, depth: usize) -> Result<(), String> {
+        match head {
+            Head::Str(n) | Head::Bin(n) | Head::Ext(_, n) => {
+                self.take(n)?;
+            }
+            Head::Array(n) | Head::Map(n) => {
+                if depth >= MAX_DEPTH {
+                    return Err(format!("nested deeper than {MAX_DEPTH}"));
+                }
+                let items = if matches!(head, Head::Map(_)) {
+                    2 * n
+                } else {
+                    n
+                };
+                // Each item takes at least one byte, so a count that lies runs out of
+                // data here rather than being trusted.
+                for _ in 0..items {
+                    self.skip(depth + 1)?;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+fn timestamp(cursor: &mut Cursor<'_>) -> Result<(i64, u32), String> {
+    match cursor.head()? {
+        Head::Ext(0, 8) => {
+            let data = cursor.take(8)?;
             let sec = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
             let nsec = u32::from_be_bytes([data[4], data[5], data[6], data[7]]);
             Ok((i64::from(sec), nsec))
         }
-        Value::Integer(i) => i
-            .as_i64()
+        Head::Uint(u) => i64::try_from(u)
             .map(|s| (s, 0))
-            .ok_or_else(|| "integer timestamp out of range".to_string()),
-        Value::F64(f) if f.is_finite() => Ok((f.floor() as i64, ((f - f.floor()) * 1e9) as u32)),
-        Value::F32(f) if f.is_finite() => {
-            let f = f64::from(*f);
+            .map_err(|_| "integer timestamp out of range".to_string()),
+        Head::Int(i) => Ok((i, 0)),
+        Head::F64(f) if f.is_finite() => Ok((f.floor() as i64, ((f - f.floor()) * 1e9) as u32)),
+        Head::F32(f) if f.is_finite() => {
+            let f = f64::from(f);
             Ok((f.floor() as i64, ((f - f.floor()) * 1e9) as u32))
         }
         other => Err(format!(
-            "timestamp is not an EventTime, integer or float: {other}"
+            "timestamp is not an EventTime, integer or float: {}",
+            other.name()
         )),
     }
 }
 
-fn event(value: Value<'_>) -> Result<Event<'_>, String> {
-    let Value::Array(mut parts) = value else {
+/// A map, checked whole; its bytes.
+fn map<'a>(cursor: &mut Cursor<'a>, what: &str) -> Result<&'a [u8], String> {
+    let start = cursor.pos;
+    let head = cursor.head()?;
+    if !matches!(head, Head::Map(_)) {
+        return Err(format!("event {what} is not a map"));
+    }
+    cursor.skip_rest(head, 1)?;
+    Ok(&cursor.data[start..cursor.pos])
+}
+
+fn event<'a>(cursor: &mut Cursor<'a>) -> Result<Event<'a>, String> {
+    let Head::Array(n) = cursor.head()? else {
         return Err("event is not an array".into());
     };
-    if parts.len() != 2 {
-        return Err(format!(
-            "event array has {} elements, expected 2",
-            parts.len()
-        ));
+    if n != 2 {
+        return Err(format!("event array has {n} elements, expected 2"));
     }
-    let body = parts.pop().unwrap_or(Value::Nil);
-    let header = parts.pop().unwrap_or(Value::Nil);
-    let (ts, metadata) = match header {
-        Value::Array(mut h) if h.len() == 2 => {
-            let metadata = h.pop().unwrap_or(Value::Nil);
-            let ts = h.pop().unwrap_or(Value::Nil);
-            (ts, metadata)
+    let mut peek = cursor.clone();
+    let (sec, nsec, metadata) = match peek.head()? {
+        Head::Array(2) => {
+            *cursor = peek;
+            let (sec, nsec) = timestamp(cursor)?;
+            (sec, nsec, Some(map(cursor, "metadata")?))
         }
-        Value::Array(h) => {
-            return Err(format!("event header has {} elements, expected 2", h.len()));
+        Head::Array(h) => {
+            return Err(format!("event header has {h} elements, expected 2"));
         }
-        ts => (ts, Value::Map(Vec::new())),
+        _ => {
+            let (sec, nsec) = timestamp(cursor)?;
+            (sec, nsec, None)
+        }
     };
-    if !matches!(metadata, Value::Map(_)) {
-        return Err("event metadata is not a map".into());
-    }
-    if !matches!(body, Value::Map(_)) {
-        return Err("event body is not a map".into());
-    }
-    let (sec, nsec) = timestamp(&ts)?;
+    let body = map(cursor, "body")?;
     match sec {
         0xFFFF_FFFF | -1 => Ok(Event::GroupStart { metadata, body }),
         0xFFFF_FFFE | -2 => Ok(Event::GroupEnd),
@@ -113,78 +294,182 @@ fn event(value: Value<'_>) -> Result<Event<'_>, String> {
     }
 }
 
-/// Decodes every event of a chunk, or says where it went wrong.
-pub fn decode_chunk(data: &[u8]) -> Result<Vec<Event<'_>>, DecodeError> {
-    let mut rest = data;
-    let mut events = Vec::new();
-    while !rest.is_empty() {
-        let offset = (data.len() - rest.len()) as u64;
-        let index = events.len();
-        let fail = |reason: String| DecodeError {
-            index,
-            offset,
-            reason,
-        };
-        let value = rmpv::decode::read_value_ref_with_max_depth(&mut rest, MAX_DEPTH)
-            .map_err(|e| fail(format!("not msgpack: {e}")))?;
-        events.push(event(value).map_err(fail)?);
+/// The events of a chunk, in order; after the first error it yields nothing more.
+pub fn events(data: &[u8]) -> Events<'_> {
+    Events {
+        cursor: Cursor { data, pos: 0 },
+        index: 0,
+        failed: false,
     }
-    Ok(events)
 }
 
-/// Serialises an rmpv value as JSON without building an intermediate tree.
-pub struct Json<'v, 'a>(pub &'v Value<'a>);
+/// See [`events`].
+#[derive(Debug, Clone)]
+pub struct Events<'a> {
+    cursor: Cursor<'a>,
+    index: usize,
+    failed: bool,
+}
 
-impl Serialize for Json<'_, '_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self.0 {
-            Value::Nil => s.serialize_unit(),
-            Value::Boolean(b) => s.serialize_bool(*b),
-            Value::Integer(i) => match i.as_u64() {
-                Some(u) => s.serialize_u64(u),
-                None => s.serialize_i64(i.as_i64().unwrap_or_default()),
-            },
-            Value::F32(f) if f.is_finite() => s.serialize_f64(f64::from(*f)),
-            Value::F64(f) if f.is_finite() => s.serialize_f64(*f),
-            Value::F32(_) | Value::F64(_) => s.serialize_unit(),
-            Value::String(text) => match text.as_str() {
-                Some(text) => s.serialize_str(text),
-                None => s.serialize_str(&String::from_utf8_lossy(&text.into_bytes())),
-            },
-            Value::Binary(bytes) => s.serialize_str(&BASE64.encode(bytes)),
-            Value::Array(items) => {
-                let mut seq = s.serialize_seq(Some(items.len()))?;
-                for item in items {
-                    seq.serialize_element(&Json(item))?;
-                }
-                seq.end()
+impl<'a> Iterator for Events<'a> {
+    type Item = Result<Event<'a>, DecodeError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed || self.cursor.pos >= self.cursor.data.len() {
+            return None;
+        }
+        let offset = self.cursor.pos as u64;
+        let index = self.index;
+        self.index += 1;
+        Some(event(&mut self.cursor).map_err(|reason| {
+            self.failed = true;
+            DecodeError {
+                index,
+                offset,
+                reason,
             }
-            Value::Map(entries) => {
-                let mut map = s.serialize_map(Some(entries.len()))?;
-                for (k, v) in entries {
-                    match k {
-                        Value::String(text) => match text.as_str() {
-                            Some(key) => map.serialize_entry(key, &Json(v))?,
-                            None => map.serialize_entry(
-                                &String::from_utf8_lossy(&text.into_bytes()),
-                                &Json(v),
-                            )?,
-                        },
-                        other => {
-                            let key = serde_json::to_string(&Json(other)).unwrap_or_default();
-                            map.serialize_entry(&key, &Json(v))?;
-                        }
+        }))
+    }
+}
+
+/// Checks a whole chunk without keeping anything; returns how many records it holds.
+pub fn check_chunk(data: &[u8]) -> Result<usize, DecodeError> {
+    let mut records = 0;
+    for event in events(data) {
+        if matches!(event?, Event::Record { .. }) {
+            records += 1;
+        }
+    }
+    Ok(records)
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Writes `text` as a JSON string, escaped as `serde_json` escapes.
+fn write_str(out: &mut Vec<u8>, text: &str) {
+    out.push(b'"');
+    let bytes = text.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0x00..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        if escape.is_empty() {
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 0xf)]);
+        } else {
+            out.extend_from_slice(escape);
+        }
+        start = i + 1;
+    }
+    out.extend_from_slice(&bytes[start..]);
+    out.push(b'"');
+}
+
+fn write_text(out: &mut Vec<u8>, raw: &[u8]) {
+    match std::str::from_utf8(raw) {
+        Ok(text) => write_str(out, text),
+        Err(_) => write_str(out, &String::from_utf8_lossy(raw)),
+    }
+}
+
+fn write_f64(out: &mut Vec<u8>, f: f64) {
+    if f.is_finite() {
+        out.extend_from_slice(ryu::Buffer::new().format_finite(f).as_bytes());
+    } else {
+        out.extend_from_slice(b"null");
+    }
+}
+
+/// Writes the msgpack value at `cursor` as JSON. The value was checked by
+/// [`events`], so errors here only come from bytes that changed since.
+fn write_json(cursor: &mut Cursor<'_>, out: &mut Vec<u8>, depth: usize) -> Result<(), String> {
+    if depth > MAX_DEPTH {
+        return Err(format!("nested deeper than {MAX_DEPTH}"));
+    }
+    match cursor.head()? {
+        Head::Nil => out.extend_from_slice(b"null"),
+        Head::Bool(b) => out.extend_from_slice(if b { b"true" } else { b"false" }),
+        Head::Uint(u) => out.extend_from_slice(itoa::Buffer::new().format(u).as_bytes()),
+        Head::Int(i) => out.extend_from_slice(itoa::Buffer::new().format(i).as_bytes()),
+        Head::F32(f) => write_f64(out, f64::from(f)),
+        Head::F64(f) => write_f64(out, f),
+        Head::Str(n) => write_text(out, cursor.take(n)?),
+        Head::Bin(n) => {
+            out.push(b'"');
+            let data = cursor.take(n)?;
+            let at = out.len();
+            out.resize(at + data.len().div_ceil(3) * 4, 0);
+            let written = BASE64
+                .encode_slice(data, &mut out[at..])
+                .map_err(|e| e.to_string())?;
+            out.truncate(at + written);
+            out.push(b'"');
+        }
+        Head::Array(n) => {
+            out.push(b'[');
+            for i in 0..n {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_json(cursor, out, depth + 1)?;
+            }
+            out.push(b']');
+        }
+        Head::Map(n) => {
+            out.push(b'{');
+            for i in 0..n {
+                if i > 0 {
+                    out.push(b',');
+                }
+                let mut key = cursor.clone();
+                match key.head()? {
+                    Head::Str(len) => {
+                        write_text(out, key.take(len)?);
+                        *cursor = key;
+                    }
+                    _ => {
+                        // A key that is not a string: its JSON text, as a string.
+                        let mut text = Vec::new();
+                        write_json(cursor, &mut text, depth + 1)?;
+                        write_str(out, &String::from_utf8_lossy(&text));
                     }
                 }
-                map.end()
+                out.push(b':');
+                write_json(cursor, out, depth + 1)?;
             }
-            Value::Ext(kind, data) => {
-                let mut map = s.serialize_map(Some(2))?;
-                map.serialize_entry("$ext", kind)?;
-                map.serialize_entry("b64", &BASE64.encode(data))?;
-                map.end()
-            }
+            out.push(b'}');
         }
+        Head::Ext(kind, n) => {
+            out.extend_from_slice(b"{\"$ext\":");
+            out.extend_from_slice(itoa::Buffer::new().format(kind).as_bytes());
+            out.extend_from_slice(b",\"b64\":");
+            let data = cursor.take(n)?;
+            write_str(out, &BASE64.encode(data));
+            out.push(b'}');
+        }
+    }
+    Ok(())
+}
+
+/// Writes the msgpack map `bytes` (or `{}` for `None`) as JSON.
+fn write_map(out: &mut Vec<u8>, bytes: Option<&[u8]>) -> Result<(), String> {
+    match bytes {
+        None => {
+            out.extend_from_slice(b"{}");
+            Ok(())
+        }
+        Some(data) => write_json(&mut Cursor { data, pos: 0 }, out, 1),
     }
 }
 
@@ -195,24 +480,6 @@ pub fn rfc3339(sec: i64, nsec: u32) -> String {
         .unwrap_or_else(|| format!("{sec}.{nsec:09}"))
 }
 
-#[derive(Serialize)]
-struct Group<'v, 'a> {
-    metadata: Json<'v, 'a>,
-    body: Json<'v, 'a>,
-}
-
-#[derive(Serialize)]
-struct Output<'v, 'a> {
-    time: String,
-    tag: &'v str,
-    tenant: &'v str,
-    agent: &'v str,
-    metadata: Json<'v, 'a>,
-    record: Json<'v, 'a>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    group: Option<Group<'v, 'a>>,
-}
-
 /// Who a chunk came from, for the output records.
 #[derive(Debug, Clone, Copy)]
 pub struct Origin<'a> {
@@ -221,45 +488,121 @@ pub struct Origin<'a> {
     pub agent: &'a str,
 }
 
-/// Appends one JSON line per record to `out`; returns how many records.
-pub fn render(events: &[Event<'_>], origin: Origin<'_>, out: &mut Vec<u8>) -> usize {
-    let mut group: Option<(&Value<'_>, &Value<'_>)> = None;
-    let mut records = 0;
-    for event in events {
-        match event {
-            Event::GroupStart { metadata, body } => group = Some((metadata, body)),
-            Event::GroupEnd => group = None,
+/// Renders the records of chunks as JSON lines, one event at a time. It keeps the
+/// last second's date text and the current group's rendered context, so neither is
+/// formatted again for every record.
+#[derive(Debug, Default)]
+pub struct Renderer {
+    /// `(sec, "YYYY-MM-DDTHH:MM:SS")` of the last record's time.
+    second: Option<(i64, String)>,
+    /// `,"group":{...}` of the group being read, empty outside a group.
+    group: Vec<u8>,
+    /// `","tag":...,"agent":...,"metadata":` of the chunk being read.
+    origin: Vec<u8>,
+}
+
+impl Renderer {
+    /// Starts a chunk: clears the group context and takes its origin.
+    pub fn start(&mut self, origin: Origin<'_>) {
+        self.group.clear();
+        self.origin.clear();
+        self.origin.extend_from_slice(b"\",\"tag\":");
+        write_str(&mut self.origin, origin.tag);
+        self.origin.extend_from_slice(b",\"tenant\":");
+        write_str(&mut self.origin, origin.tenant);
+        self.origin.extend_from_slice(b",\"agent\":");
+        write_str(&mut self.origin, origin.agent);
+        self.origin.extend_from_slice(b",\"metadata\":");
+    }
+
+    fn write_time(&mut self, out: &mut Vec<u8>, sec: i64, nsec: u32) {
+        if self.second.as_ref().is_none_or(|(s, _)| *s != sec) {
+            self.second = DateTime::from_timestamp(sec, 0).map(|t| {
+                let mut text = t.to_rfc3339_opts(SecondsFormat::Secs, true);
+                text.pop(); // the `Z`
+                (sec, text)
+            });
+        }
+        match &self.second {
+            Some((_, date)) => {
+                let nsec = nsec.min(999_999_999);
+                out.extend_from_slice(date.as_bytes());
+                out.push(b'.');
+                let digits = itoa::Buffer::new().format(nsec).len();
+                out.extend(std::iter::repeat_n(b'0', 9 - digits));
+                out.extend_from_slice(itoa::Buffer::new().format(nsec).as_bytes());
+                out.push(b'Z');
+            }
+            None => out.extend_from_slice(format!("{sec}.{nsec:09}").as_bytes()),
+        }
+    }
+
+    /// Appends one event's output to `out`: one JSON line for a record, nothing for a
+    /// group marker (which changes the context of the records after it). Returns
+    /// whether it wrote a record.
+    pub fn event(&mut self, event: &Event<'_>, out: &mut Vec<u8>) -> Result<bool, String> {
+        match *event {
+            Event::GroupStart { metadata, body } => {
+                self.group.clear();
+                self.group.extend_from_slice(b",\"group\":{\"metadata\":");
+                write_map(&mut self.group, metadata)?;
+                self.group.extend_from_slice(b",\"body\":");
+                write_map(&mut self.group, Some(body))?;
+                self.group.push(b'}');
+                Ok(false)
+            }
+            Event::GroupEnd => {
+                self.group.clear();
+                Ok(false)
+            }
             Event::Record {
                 sec,
                 nsec,
                 metadata,
                 body,
             } => {
-                let output = Output {
-                    time: rfc3339(*sec, *nsec),
-                    tag: origin.tag,
-                    tenant: origin.tenant,
-                    agent: origin.agent,
-                    metadata: Json(metadata),
-                    record: Json(body),
-                    group: group.map(|(m, b)| Group {
-                        metadata: Json(m),
-                        body: Json(b),
-                    }),
-                };
-                // Writing into a Vec cannot fail, and every value serialises.
-                let _ = serde_json::to_writer(&mut *out, &output);
-                out.push(b'\n');
-                records += 1;
+                let start = out.len();
+                out.extend_from_slice(b"{\"time\":\"");
+                self.write_time(out, sec, nsec);
+                out.extend_from_slice(&self.origin);
+                let written = write_map(out, metadata).and_then(|()| {
+                    out.extend_from_slice(b",\"record\":");
+                    write_map(out, Some(body))
+                });
+                if let Err(e) = written {
+                    out.truncate(start);
+                    return Err(e);
+                }
+                out.extend_from_slice(&self.group);
+                out.extend_from_slice(b"}\n");
+                Ok(true)
             }
         }
     }
-    records
+}
+
+/// Appends one JSON line per record of a whole chunk to `out`; returns how many
+/// records. For tests and small chunks: the router renders piece by piece.
+pub fn render(data: &[u8], origin: Origin<'_>, out: &mut Vec<u8>) -> Result<usize, DecodeError> {
+    check_chunk(data)?;
+    let mut renderer = Renderer::default();
+    renderer.start(origin);
+    let mut records = 0;
+    for (index, event) in events(data).enumerate() {
+        let event = event?;
+        let wrote = renderer.event(&event, out).map_err(|reason| DecodeError {
+            index,
+            offset: 0,
+            reason,
+        })?;
+        records += usize::from(wrote);
+    }
+    Ok(records)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{Origin, decode_chunk, render};
+    use super::{Origin, check_chunk, render, rfc3339};
     use rmpv::Value;
 
     fn event_time(sec: u32, nsec: u32) -> Value {
@@ -285,6 +628,12 @@ mod tests {
         )
     }
 
+    const ORIGIN: Origin<'static> = Origin {
+        tag: "t",
+        tenant: "acme",
+        agent: "00ff",
+    };
+
     #[test]
     fn v2_legacy_and_groups() {
         let chunk = encode(&[
@@ -308,15 +657,9 @@ mod tests {
                 map(&[("legacy", true.into())]),
             ]),
         ]);
-        let events = decode_chunk(&chunk).unwrap();
-        assert_eq!(events.len(), 4);
+        assert_eq!(check_chunk(&chunk), Ok(2));
         let mut out = Vec::new();
-        let origin = Origin {
-            tag: "t",
-            tenant: "acme",
-            agent: "00ff",
-        };
-        assert_eq!(render(&events, origin, &mut out), 2);
+        assert_eq!(render(&chunk, ORIGIN, &mut out), Ok(2));
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
@@ -329,6 +672,60 @@ mod tests {
         );
     }
 
+    /// The bytes `serde_json` wrote for the same values through `rmpv` trees, which
+    /// this module replaced: every kind of value, escapes, odd keys.
+    #[test]
+    fn values_render_as_before() {
+        let body = Value::Map(vec![
+            (
+                Value::from("s"),
+                Value::from("q\"b\\n\n\r\t\u{8}\u{c}\u{1}\u{1f}\u{7f}é/"),
+            ),
+            (Value::from("u"), Value::from(u64::MAX)),
+            (Value::from("i"), Value::from(i64::MIN)),
+            (Value::from("f"), Value::F64(1.5e300)),
+            (Value::from("g"), Value::F32(0.1)),
+            (Value::from("h"), Value::F64(1.0)),
+            (Value::from("nan"), Value::F64(f64::NAN)),
+            (Value::from("n"), Value::Nil),
+            (Value::from("b"), Value::Boolean(false)),
+            (
+                Value::from("a"),
+                Value::Array(vec![1.into(), Value::Array(vec![])]),
+            ),
+            (Value::from("x"), Value::Ext(-5, vec![1, 2, 3])),
+            (Value::from(7), Value::from("int key")),
+            (Value::Binary(vec![0, 255]), Value::from("bin key")),
+            (Value::Nil, Value::from("nil key")),
+        ]);
+        let Value::Map(entries) = body else {
+            unreachable!()
+        };
+        // [[EventTime, {}], {...entries, "\xffk": "v\xfe"}]: strings that are not
+        // UTF-8 cannot be built as rmpv values, so the map is framed by hand.
+        let mut chunk = encode(&[Value::Array(vec![
+            event_time(1_700_000_000, 1_000_000_123),
+            map(&[]),
+        ])]);
+        chunk.insert(0, 0x92);
+        chunk.push(0x80 | (entries.len() as u8 + 1));
+        for (k, v) in &entries {
+            chunk.extend(encode(&[k.clone(), v.clone()]));
+        }
+        chunk.extend_from_slice(&[0xa2, 0xff, b'k', 0xa2, b'v', 0xfe]);
+        let mut out = Vec::new();
+        assert_eq!(render(&chunk, ORIGIN, &mut out), Ok(1));
+        let expected = concat!(
+            r#"{"time":"2023-11-14T22:13:20.999999999Z","tag":"t","tenant":"acme","agent":"00ff","metadata":{},"record":{"#,
+            r#""s":"q\"b\\n\n\r\t\b\f\u0001\u001f"#,
+            "\u{7f}é/\",",
+            r#""u":18446744073709551615,"i":-9223372036854775808,"f":1.5e300,"g":0.10000000149011612,"h":1.0,"nan":null,"n":null,"b":false,"a":[1,[]],"#,
+            r#""x":{"$ext":-5,"b64":"AQID"},"7":"int key","\"AP8=\"":"bin key","null":"nil key","#,
+            "\"\u{fffd}k\":\"v\u{fffd}\"}}\n"
+        );
+        assert_eq!(String::from_utf8(out).unwrap(), expected);
+    }
+
     #[test]
     fn garbage_is_an_error_with_a_position() {
         let mut chunk = encode(&[Value::Array(vec![
@@ -337,9 +734,80 @@ mod tests {
         ])]);
         let good = chunk.len() as u64;
         chunk.extend_from_slice(b"not msgpack at all");
-        let err = decode_chunk(&chunk).unwrap_err();
+        let err = check_chunk(&chunk).unwrap_err();
         assert_eq!((err.index, err.offset), (1, good));
-        let err = decode_chunk(&encode(&[Value::from("x")])).unwrap_err();
+        let err = check_chunk(&encode(&[Value::from("x")])).unwrap_err();
         assert_eq!(err.to_string(), "event 0 at byte 0: event is not an array");
+    }
+
+    /// Declared sizes that lie, counts past the end, nesting past the limit: each is
+    /// an error naming the event, never a panic or an allocation of the declared size.
+    #[test]
+    fn crafted_sizes_and_depths_are_refused() {
+        let header = |rest: &[u8]| {
+            // [[EventTime(1, 0), {}], <rest>]
+            let mut chunk = vec![0x92, 0x92, 0xd7, 0x00, 0, 0, 0, 1, 0, 0, 0, 0, 0x80];
+            chunk.extend_from_slice(rest);
+            chunk
+        };
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (
+                header(&[0x81, 0xdb, 0xff, 0xff, 0xff, 0xff]),
+                "4294967295 byte(s) declared",
+            ),
+            (header(&[0xdf, 0xff, 0xff, 0xff, 0xff]), "0 left"),
+            (
+                header(&[0x81, 0xa1, b'k', 0xdd, 0xff, 0xff, 0xff, 0xff, 0x01]),
+                "0 left",
+            ),
+            (
+                header(&[0x81, 0xa1, b'k', 0xc9, 0xff, 0xff, 0xff, 0xff, 0x01]),
+                "declared",
+            ),
+            (header(&[0xc1]), "reserved byte 0xc1"),
+            (header(&[0x90]), "event body is not a map"),
+            (
+                vec![0x92, 0x93, 0x01, 0x80, 0x80, 0x80],
+                "event header has 3 elements",
+            ),
+            (vec![0x93, 0x01, 0x80, 0x80], "event array has 3 elements"),
+            (
+                vec![0x92, 0xa1, b'x', 0x80],
+                "timestamp is not an EventTime, integer or float: a string",
+            ),
+            (
+                vec![
+                    0x92, 0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x80,
+                ],
+                "integer timestamp out of range",
+            ),
+        ];
+        for (chunk, reason) in cases {
+            let err = check_chunk(&chunk).unwrap_err();
+            assert!(err.reason.contains(reason), "{:?}: {err}", chunk);
+        }
+        let mut deep = header(&[0x81, 0xa1, b'k']);
+        deep.extend(std::iter::repeat_n(0x91, 300));
+        deep.push(0xc0);
+        let err = check_chunk(&deep).unwrap_err();
+        assert_eq!(err.reason, "nested deeper than 256");
+    }
+
+    #[test]
+    fn times() {
+        assert_eq!(rfc3339(0, 5), "1970-01-01T00:00:00.000000005Z");
+        let mut renderer = super::Renderer::default();
+        let mut out = Vec::new();
+        for (sec, nsec) in [
+            (0, 5),
+            (0, 999_999_999),
+            (1_700_000_000, 0),
+            (-1, 1),
+            (i64::MAX, 0),
+        ] {
+            out.clear();
+            renderer.write_time(&mut out, sec, nsec);
+            assert_eq!(String::from_utf8(out.clone()).unwrap(), rfc3339(sec, nsec));
+        }
     }
 }

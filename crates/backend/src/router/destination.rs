@@ -26,14 +26,21 @@ use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use super::checkpoint::Checkpoint;
-use super::decode::{Event, Origin, decode_chunk, render, rfc3339};
-use crate::ingest::MAX_RAW_BATCH_BYTES;
+use super::decode::{Origin, Renderer, check_chunk, events, rfc3339};
+use super::stopped::{StepMarker, Suspect};
 use crate::keys::KeyRing;
+use crate::limits::DEFAULT_MAX_BATCH_BYTES;
 use crate::metrics::DestinationMetrics;
 use crate::sinks::{Chunk, FileSet, Sink};
 
 /// How much buffer payload one step reads.
 pub const STEP_BYTES: usize = 16 << 20;
+/// How much decompressed payload one step takes, by the batches' declared (and, as
+/// they are opened, enforced) sizes; a step takes at least one batch.
+pub const STEP_RAW_BYTES: u64 = 64 << 20;
+/// Rendered JSON lines are handed to the sink in pieces of about this size, so a
+/// chunk of many small records never sits rendered whole in memory.
+const PIECE_BYTES: usize = 1 << 20;
 
 /// Which records a destination takes.
 #[derive(Debug, Clone, Default)]
@@ -95,6 +102,7 @@ pub struct Destination {
     checkpoint_path: PathBuf,
     checkpoint: Checkpoint,
     lines: Vec<u8>,
+    renderer: Renderer,
     metrics: DestinationMetrics,
     keys: Arc<KeyRing>,
     route: Route,
@@ -107,6 +115,14 @@ pub struct Destination {
     backlog: bool,
     /// A Kafka partition's ownership lock (`router/<name>.lock`), held while open.
     _lock: Option<std::fs::File>,
+    /// Largest decompressed batch it opens (`--max-batch-bytes`).
+    max_batch_bytes: u64,
+    /// The step in progress, written before each step of the embedded buffer.
+    marker: StepMarker,
+    /// Buffer offsets the last runs stopped in while delivering them (a crash).
+    suspect: Option<Suspect>,
+    /// A batch on which delivery panicked: the next step dead-letters it.
+    panicked: Option<(u64, String)>,
 }
 
 impl std::fmt::Debug for Destination {
@@ -148,6 +164,8 @@ impl Destination {
         let resumed = checkpoint_path.exists();
         let checkpoint = Checkpoint::load(&checkpoint_path)?;
         let dead = FileSet::new(data_dir.join("dead-letter").join(name), ".jsonl");
+        let marker = StepMarker::new(data_dir.join("router").join(format!("{name}.step.json")));
+        let suspect = marker.load(name, checkpoint.next_offset);
         let mut destination = Self {
             name: name.to_string(),
             sink,
@@ -155,6 +173,7 @@ impl Destination {
             checkpoint_path,
             checkpoint,
             lines: Vec::new(),
+            renderer: Renderer::default(),
             metrics,
             keys,
             route: Route::default(),
@@ -163,6 +182,10 @@ impl Destination {
             synced: false,
             backlog: false,
             _lock: None,
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
+            marker,
+            suspect,
+            panicked: None,
         };
         destination
             .recover()
@@ -188,6 +211,13 @@ impl Destination {
 
     pub fn with_format(mut self, format: Format) -> Self {
         self.format = format;
+        self
+    }
+
+    /// Opens batches of at most this many decompressed bytes; larger ones are
+    /// dead-lettered.
+    pub fn with_max_batch_bytes(mut self, max: u64) -> Self {
+        self.max_batch_bytes = max;
         self
     }
 
@@ -243,12 +273,62 @@ impl Destination {
             }
             Err(e) => return Err(e).context("reading the buffer"),
         };
+        let mut records = records;
+        let read: usize = records.iter().map(|r| r.payload.len()).sum();
+        // Bound the step by what its batches decompress to, as well as by what they
+        // take in the buffer.
+        let mut raw = 0u64;
+        let keep = records
+            .iter()
+            .position(|r| {
+                raw = raw.saturating_add(r.meta.raw_bytes);
+                raw > STEP_RAW_BYTES
+            })
+            .unwrap_or(records.len())
+            .max(1);
+        // After a stop in the middle of a step, the batches it held go one at a time
+        // until past it, so the one that stops the router is found and set aside.
+        let suspect = self
+            .suspect
+            .filter(|s| s.covers(self.checkpoint.next_offset));
+        let keep = if suspect.is_some() { 1 } else { keep };
+        self.backlog = read >= STEP_BYTES / 2 || keep < records.len();
+        records.truncate(keep);
         let Some(last) = records.last().map(|r| r.offset) else {
             return Ok(0);
         };
-        let read: usize = records.iter().map(|r| r.payload.len()).sum();
-        self.backlog = read >= STEP_BYTES / 2;
+        let from = self.checkpoint.next_offset;
+        if let Some(suspect) = suspect
+            && suspect.condemns(from, last + 1)
+        {
+            let reason = format!(
+                "the backend stopped {} times while delivering this batch (a crash such as \
+                 running out of memory, an abort, or kill -9); it is set aside so delivery \
+                 goes on",
+                suspect.stops
+            );
+            return self.set_aside(&records[0], reason);
+        }
+        let stops = suspect.map_or(0, |s| if s.from == from { s.stops } else { 0 });
+        self.marker.start(from, last + 1, stops);
         self.deliver(&records, last + 1)
+    }
+
+    /// Dead-letters one stored batch whole, without opening it, and steps past it.
+    fn set_aside(&mut self, record: &Record, reason: String) -> Result<usize> {
+        let next = record.offset + 1;
+        error!(destination = %self.name, offset = record.offset, "dead-lettering a batch: {reason}");
+        self.commit_step(next, |this, marks| {
+            this.metrics.open_failed("stopped");
+            this.dead_letter_batch(record, &reason)?;
+            let meta = &record.meta;
+            let key = format!("{}/{}", meta.tenant, hex::encode(meta.agent_id));
+            let mark = marks.get(&key).copied().unwrap_or(0);
+            marks.insert(key, mark.max(meta.last_seq));
+            Ok(BTreeSet::new())
+        })?;
+        self.suspect = None;
+        Ok(1)
     }
 
     /// Delivers `records` and checkpoints `next_offset` as where to resume (the
@@ -260,11 +340,74 @@ impl Destination {
     pub fn deliver(&mut self, records: &[Record], next_offset: u64) -> Result<usize> {
         self.commit_step(next_offset, |this, marks| {
             for record in records {
-                this.deliver_one(record, marks)?;
+                this.deliver_guarded(record, marks)?;
             }
             Ok(BTreeSet::new())
         })?;
         Ok(records.len())
+    }
+
+    /// Delivers one batch; a panic on it fails the step, and the retry dead-letters
+    /// the batch instead, so one batch that trips a bug cannot stop a destination.
+    fn deliver_guarded(
+        &mut self,
+        record: &Record,
+        marks: &mut BTreeMap<String, u64>,
+    ) -> Result<()> {
+        if let Some((offset, message)) = &self.panicked
+            && *offset == record.offset
+        {
+            let reason = format!("delivering this batch panicked: {message}");
+            self.metrics.open_failed("panic");
+            self.dead_letter_batch(record, &reason)?;
+            let meta = &record.meta;
+            let key = format!("{}/{}", meta.tenant, hex::encode(meta.agent_id));
+            let mark = marks.get(&key).copied().unwrap_or(0);
+            marks.insert(key, mark.max(meta.last_seq));
+            return Ok(());
+        }
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            crate::limits::fault_hooks(record.offset);
+            self.deliver_one(record, marks)
+        }));
+        match outcome {
+            Ok(result) => result,
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "(no message)".into());
+                error!(
+                    destination = %self.name,
+                    offset = record.offset,
+                    "delivering a batch panicked ({message}); it is dead-lettered on the retry"
+                );
+                self.panicked = Some((record.offset, message.clone()));
+                anyhow::bail!(
+                    "delivering the batch at offset {} panicked: {message}",
+                    record.offset
+                )
+            }
+        }
+    }
+
+    /// Dead-letters a stored batch whole, as it is in the buffer, with `reason`.
+    fn dead_letter_batch(&mut self, record: &Record, reason: &str) -> Result<()> {
+        let meta = &record.meta;
+        self.dead_letter(json!({
+            "time": now(),
+            "destination": self.name,
+            "tenant": meta.tenant,
+            "access_key": meta.access_key,
+            "agent": hex::encode(meta.agent_id),
+            "buffer_offset": record.offset,
+            "reason": reason,
+            "seq_range": [meta.first_seq, meta.last_seq],
+            "key_id": meta.key_id,
+            "compression": meta.compression,
+            "payload_b64": BASE64.encode(&record.payload),
+        }))
     }
 
     /// One all-or-nothing step: `write` hands records to the sink and returns the
@@ -552,8 +695,34 @@ impl Destination {
             unsealed = seal::open(&key, &context, &record.payload).map_err(|e| ("seal", e))?;
             &unsealed[..]
         };
-        let opened = batch::open(payload, compression, MAX_RAW_BATCH_BYTES as usize)
-            .map_err(|e| ("payload", e))?;
+        // Decompression stops at the declared size, itself capped: what a batch
+        // claims is checked against what it holds before anything is decoded.
+        if meta.raw_bytes > self.max_batch_bytes {
+            return Err((
+                "limit",
+                format!(
+                    "the batch declares {} raw bytes, over the {} byte limit (--max-batch-bytes)",
+                    meta.raw_bytes, self.max_batch_bytes
+                ),
+            ));
+        }
+        let declared = (meta.raw_bytes > 0).then_some(meta.raw_bytes as usize);
+        let cap = declared.unwrap_or(self.max_batch_bytes as usize);
+        let raw = batch::decompress(payload, compression, cap).map_err(|e| ("payload", e))?;
+        if let Some(declared) = declared
+            && raw.len() != declared
+        {
+            return Err((
+                "payload",
+                format!(
+                    "the batch declares {declared} raw bytes but decompresses to {}",
+                    raw.len()
+                ),
+            ));
+        }
+        let opened = batch::decode(&raw).map_err(|e| ("payload", e))?;
+        drop(raw);
+        check_chunks(meta, &opened).map_err(|e| ("range", e))?;
         self.metrics.opened(meta.key_id);
         Ok(opened)
     }
@@ -587,16 +756,7 @@ impl Destination {
             Err((kind, reason)) => {
                 self.metrics.open_failed(kind);
                 warn!(destination = %self.name, offset = record.offset, "dead-lettering a batch: {reason}");
-                self.dead_letter(with(
-                    base,
-                    json!({
-                        "reason": reason,
-                        "seq_range": [meta.first_seq, meta.last_seq],
-                        "key_id": meta.key_id,
-                        "compression": meta.compression,
-                        "payload_b64": BASE64.encode(&record.payload),
-                    }),
-                ))?;
+                self.dead_letter_batch(record, &reason)?;
                 marks.insert(mark_key, meta.last_seq);
                 return Ok(());
             }
@@ -655,39 +815,96 @@ impl Destination {
 
     /// Decodes one Fluent Bit chunk and writes it to the sink in this destination's
     /// format. `Some(reason)`: the chunk does not decode, and nothing was written.
+    ///
+    /// The chunk is checked whole first (nothing kept), then rendered event by event
+    /// and handed to the sink in pieces of about [`PIECE_BYTES`], each with the index
+    /// of its first record, so memory stays bounded whatever the chunk holds.
     fn write_chunk(&mut self, at: Chunk<'_>, data: &[u8]) -> Result<Option<String>> {
-        match decode_chunk(data) {
-            Ok(events) => self.write_events(at, data, &events).map(|()| None),
-            Err(e) => Ok(Some(format!("chunk does not decode: {e}"))),
-        }
-    }
-
-    fn write_events(&mut self, at: Chunk<'_>, data: &[u8], events: &[Event]) -> Result<()> {
+        let records = match check_chunk(data) {
+            Ok(records) => records,
+            Err(e) => return Ok(Some(format!("chunk does not decode: {e}"))),
+        };
         if self.format == Format::Msgpack {
             self.sink.write(&Chunk { data, ..at })?;
-            let records = events
-                .iter()
-                .filter(|e| matches!(e, Event::Record { .. }))
-                .count();
             self.metrics.records.inc_by(records as u64);
-            return Ok(());
+            return Ok(None);
         }
-        self.lines.clear();
-        let origin = Origin {
+        self.renderer.start(Origin {
             tag: at.tag,
             tenant: at.tenant,
             agent: at.agent,
-        };
-        let n = render(events, origin, &mut self.lines);
-        if n > 0 {
+        });
+        self.lines.clear();
+        let mut first_index = at.first_index;
+        let mut pending = 0;
+        for event in events(data) {
+            let event = event.context("the chunk changed while it was read")?;
+            let wrote = self
+                .renderer
+                .event(&event, &mut self.lines)
+                .map_err(|e| anyhow::anyhow!("rendering a checked chunk: {e}"))?;
+            pending += usize::from(wrote);
+            if self.lines.len() >= PIECE_BYTES {
+                self.sink.write(&Chunk {
+                    data: &self.lines,
+                    first_index,
+                    ..at
+                })?;
+                first_index += pending;
+                pending = 0;
+                self.lines.clear();
+            }
+        }
+        if pending > 0 {
             self.sink.write(&Chunk {
                 data: &self.lines,
+                first_index,
                 ..at
             })?;
-            self.metrics.records.inc_by(n as u64);
         }
-        Ok(())
+        if self.lines.capacity() > 4 * PIECE_BYTES {
+            self.lines = Vec::new();
+        }
+        self.metrics.records.inc_by(records as u64);
+        Ok(None)
     }
+}
+
+/// Checks an opened batch against its header: as many chunks as it says, each seq
+/// inside `[first_seq, last_seq]` and ascending, the first and last on the range's
+/// ends. A chunk's seq moves the agent's mark, so a seq outside the range the
+/// ingest tier checked could erase the agent's later chunks.
+fn check_chunks(meta: &logferry_buffer::RecordMeta, payload: &BatchPayload) -> Result<(), String> {
+    let range = format!("[{}, {}]", meta.first_seq, meta.last_seq);
+    // `chunk_count` 0: a batch replayed from the dead letters, whose header keeps
+    // only the range.
+    if meta.chunk_count != 0 && payload.chunks.len() != meta.chunk_count as usize {
+        return Err(format!(
+            "the batch {range} says it holds {} chunks, its payload holds {}",
+            meta.chunk_count,
+            payload.chunks.len()
+        ));
+    }
+    let (Some(first), Some(last)) = (payload.chunks.first(), payload.chunks.last()) else {
+        return Err(format!("the batch {range} holds no chunks"));
+    };
+    if meta.chunk_count != 0 && (first.seq != meta.first_seq || last.seq != meta.last_seq) {
+        return Err(format!(
+            "the batch {range} holds chunks {} to {}, not its range's ends",
+            first.seq, last.seq
+        ));
+    }
+    let mut previous = meta.first_seq.saturating_sub(1);
+    for chunk in &payload.chunks {
+        if chunk.seq <= previous || chunk.seq > meta.last_seq {
+            return Err(format!(
+                "chunk seq {} is outside the batch's range {range} or out of order",
+                chunk.seq
+            ));
+        }
+        previous = chunk.seq;
+    }
+    Ok(())
 }
 
 /// Runs a destination until shutdown: waits for durable records, steps, retries

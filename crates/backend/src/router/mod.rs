@@ -7,6 +7,7 @@
 mod checkpoint;
 pub mod decode;
 mod destination;
+mod stopped;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
