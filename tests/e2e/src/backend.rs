@@ -118,6 +118,17 @@ impl Backend {
     /// Like [`Backend::start`] for `logferry ROLE` (`serve`, `ingest` or `route`; a
     /// router is ready once it says it routes, and has no gRPC address).
     pub fn start_role(role: &str, data_dir: &Path, port: u16, extra: &[&str]) -> Backend {
+        Self::start_with_env(role, data_dir, port, extra, &[])
+    }
+
+    /// Like [`Backend::start_role`] with environment variables set for the process.
+    pub fn start_with_env(
+        role: &str,
+        data_dir: &Path,
+        port: u16,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Backend {
         let mut child = Command::new(backend_bin())
             .arg(role)
             .arg("--data-dir")
@@ -128,6 +139,7 @@ impl Backend {
             .args(extra)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -165,9 +177,24 @@ impl Backend {
                 lines.lock().unwrap().push(line);
             }
         });
-        let addr = match ready_rx.recv_timeout(START_TIMEOUT) {
-            Ok(Some(addr)) => addr,
-            _ => {
+        // A process that exits before it is ready (a crash at start, which some
+        // tests provoke) is handed back as it is; `exited` tells.
+        let started = Instant::now();
+        let ready = loop {
+            match ready_rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(ready) => break ready,
+                Err(_) if started.elapsed() > START_TIMEOUT => break None,
+                Err(_) => {}
+            }
+            if env.iter().any(|(k, _)| k.starts_with("LOGFERRY_TEST_"))
+                && child.try_wait().expect("wait").is_some()
+            {
+                break Some(SocketAddr::from(([0, 0, 0, 0], 0)));
+            }
+        };
+        let addr = match ready {
+            Some(addr) => addr,
+            None => {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
@@ -301,6 +328,38 @@ impl Backend {
     /// Every stdout line so far (the stdout sink's records with `--print-events`).
     pub fn stdout(&self) -> Vec<String> {
         self.stdout.lock().unwrap().clone()
+    }
+
+    /// Whether the process has exited by itself (it is reaped then).
+    pub fn exited(&mut self) -> bool {
+        match self.child.as_mut().map(|c| c.try_wait().expect("wait")) {
+            Some(Some(_)) => {
+                self.child = None;
+                true
+            }
+            Some(None) => false,
+            None => true,
+        }
+    }
+
+    /// Waits until the process exits by itself (a crash); returns how it ended.
+    pub fn wait_exit(mut self, timeout: Duration) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "logferry did not exit within {timeout:?}; stderr:\n{}",
+                    self.stderr().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGKILL: no shutdown path runs.

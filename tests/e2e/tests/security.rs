@@ -111,10 +111,12 @@ fn batch(seq: u64, key_id: u32, payload: Vec<u8>) -> AgentMessage {
             last_seq: seq,
             compression: Compression::None as i32,
             key_id,
-            raw_bytes: payload.len() as u64,
+            // A sealed payload is the plaintext plus the encapsulated key and the tag.
+            raw_bytes: (payload.len() - if key_id == 0 { 0 } else { seal::ENC_LEN + 16 }) as u64,
             payload: payload.into(),
             chunk_count: 1,
             tags: Vec::new(),
+            declared_lost: 0,
         })),
     }
 }
