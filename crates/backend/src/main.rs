@@ -34,8 +34,23 @@ struct Cli {
         env = "LOGFERRY_LOG_FORMAT"
     )]
     log_format: LogFormat,
+    /// File mode creation mask (octal) for everything logferry writes: sink files,
+    /// buffer, marks, checkpoints, dead letters, `logferry send`'s spool. The default
+    /// `077` keeps them to the owner (files 0600, directories 0700). For readers in
+    /// a group, use `027` and give the data directory that group with its setgid bit
+    /// (`chgrp logs DIR && chmod g+s DIR`), so new files take the group.
+    #[arg(long, global = true, default_value = "077", env = "LOGFERRY_UMASK", value_parser = parse_umask)]
+    umask: u32,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `--umask`: three or four octal digits, at most `0777`.
+fn parse_umask(value: &str) -> Result<u32, String> {
+    u32::from_str_radix(value, 8)
+        .ok()
+        .filter(|mask| *mask <= 0o777 && (3..=4).contains(&value.len()))
+        .ok_or_else(|| format!("`{value}` is not an octal mask like 077 or 027"))
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -556,6 +571,11 @@ fn inspect(
 fn main() -> ExitCode {
     logferry_backend::install_crypto_provider();
     let cli = Cli::parse();
+    // SAFETY: `umask` only sets the process's creation mask and cannot fail; no other
+    // thread creates files yet.
+    unsafe {
+        libc::umask(cli.umask as libc::mode_t);
+    }
     init_tracing(cli.log_format);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -343,6 +343,32 @@ pub fn check_name(what: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
+/// A destination's state (checkpoint, dead letters, files, step marker) lives under
+/// `<tenant>.<destination>`; names may hold dots, so two pairs could meet there
+/// (`a` + `b.c` and `a.b` + `c`), or meet the shared destinations, and share one
+/// checkpoint. Such a registry is refused, naming both.
+fn check_state_names(file: &RegistryFile) -> Result<()> {
+    let mut seen: HashMap<String, (String, String)> = HashMap::new();
+    for shared in ["files", "stdout"] {
+        seen.insert(shared.into(), (String::new(), shared.into()));
+    }
+    for tenant in &file.tenants {
+        for spec in tenant.destinations.iter().flatten() {
+            let state = format!("{}.{}", tenant.name, spec.name);
+            let pair = (tenant.name.clone(), spec.name.clone());
+            if let Some((t, d)) = seen.insert(state.clone(), pair) {
+                bail!(
+                    "destination `{}` of tenant `{}` and destination `{d}` of tenant `{t}` would \
+                     share the state `{state}` (checkpoint, dead letters, files); rename one",
+                    spec.name,
+                    tenant.name
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Registry {
     /// Parses and validates a registry; errors carry the line and column.
     pub fn parse(text: &str) -> Result<Self> {
@@ -399,6 +425,7 @@ impl Registry {
                 }
             }
         }
+        check_state_names(&file)?;
         Ok(registry)
     }
 
@@ -779,6 +806,21 @@ tenants:
         assert_eq!(
             Registry::parse(&twice).unwrap_err().to_string(),
             "client_cert_cn `web-01` is given to access keys `ak_web` and `ak_two`"
+        );
+    }
+
+    #[test]
+    fn destinations_whose_state_would_meet_are_refused() {
+        let err = Registry::parse(
+            "tenants:\n\
+             \x20 - name: a\n    access_keys: [{key: k1}]\n    destinations: [{name: b.c, type: stdout}]\n\
+             \x20 - name: a.b\n    access_keys: [{key: k2}]\n    destinations: [{name: c, type: stdout}]\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            "destination `c` of tenant `a.b` and destination `b.c` of tenant `a` would share \
+             the state `a.b.c` (checkpoint, dead letters, files); rename one"
         );
     }
 

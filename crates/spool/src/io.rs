@@ -12,7 +12,25 @@ use std::{
     sync::Arc,
 };
 
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+
 use crate::{Error, Result, error::IoContext};
+
+/// Mode of every file the spool creates: it holds records in plaintext until the
+/// backend acknowledges them, so only the owner reads it, whatever the host
+/// process's umask (Fluent Bit's is usually 022).
+pub(crate) const PRIVATE_FILE: u32 = 0o600;
+/// Mode of the spool directories it creates.
+pub(crate) const PRIVATE_DIR: u32 = 0o700;
+
+/// Creates `dir` and any missing parents with [`PRIVATE_DIR`]; an existing one is
+/// left as the operator made it.
+pub(crate) fn create_private_dir(dir: &Path) -> io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR)
+        .create(dir)
+}
 
 /// One segment file, shared between the writer, the syncing thread and readers.
 pub(crate) trait SegmentFile: Send + Sync {
@@ -42,6 +60,7 @@ impl Storage for RealStorage {
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(PRIVATE_FILE)
             .open(path)?;
         Ok(Arc::new(file))
     }
@@ -123,7 +142,12 @@ pub(crate) fn atomic_write(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
     let path = dir.join(name);
     let write = || -> io::Result<()> {
-        let mut f = File::create(&tmp)?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(PRIVATE_FILE)
+            .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()
     };
@@ -150,6 +174,7 @@ pub(crate) fn lock_dir(dir: &Path) -> Result<File> {
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(PRIVATE_FILE)
         .open(&path)
         .context(|| format!("open {}", path.display()))?;
     match file.try_lock() {

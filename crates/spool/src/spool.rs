@@ -128,7 +128,8 @@ impl Spool {
         config.validate()?;
         let dir = config.dir.clone();
         let existed = dir.is_dir();
-        std::fs::create_dir_all(&dir).context(|| format!("create spool dir {}", dir.display()))?;
+        crate::io::create_private_dir(&dir)
+            .context(|| format!("create spool dir {}", dir.display()))?;
         if !existed && let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
             sync_dir(parent)?;
         }

@@ -174,3 +174,34 @@ fn without_sync_a_roll_does_not_sync_the_sealed_segment_but_sync_does() {
     drop(spool);
     assert_eq!(seqs(&read_all(&open(config))), (1..=40).collect::<Vec<_>>());
 }
+
+/// The spool holds plaintext until it is acknowledged: whatever the host process's
+/// umask (Fluent Bit's is usually 022), only the owner can read it.
+#[test]
+fn everything_the_spool_creates_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("a").join("spool");
+    // SAFETY: `umask` cannot fail; a permissive mask like Fluent Bit's, for this
+    // process (the test binary runs this test's files only).
+    let previous = unsafe { libc::umask(0o022) };
+    let spool = open(SpoolConfig::new(&dir));
+    spool.append("t", &chunk(1, 100)).unwrap();
+    spool.ack(1).unwrap();
+    drop(spool);
+    // SAFETY: as above.
+    unsafe { libc::umask(previous) };
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700, "the spool directory");
+    assert_eq!(mode(&root.path().join("a")), 0o700, "a parent it created");
+    let mut files = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+        files += 1;
+    }
+    assert!(
+        files >= 3,
+        "a segment, the metadata and the lock: {files} files"
+    );
+}

@@ -456,3 +456,58 @@ async fn a_batch_that_crashes_the_router_twice_is_set_aside_after_restarts() {
     assert!((2..=3).contains(&crashes), "{crashes} crashes");
     backend.stop();
 }
+
+/// Every file and directory under `root` with a mode other than `file` / `dir`.
+fn modes_other_than(root: &Path, file: u32, dir: u32) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut odd = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let mode = meta.permissions().mode() & 0o777;
+        let want = if meta.is_dir() { dir } else { file };
+        if path != root && mode != want {
+            odd.push(format!("{} {mode:o}", path.display()));
+        }
+        if meta.is_dir() {
+            stack.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    odd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_at_rest_is_private_by_default_and_group_readable_on_request() {
+    for (extra, file, dir) in [
+        (&[][..], 0o600, 0o700),
+        (&["--umask", "027"][..], 0o640, 0o750),
+    ] {
+        let data = tempfile::tempdir().unwrap();
+        std::fs::write(data.path().join("tenants.yaml"), REGISTRY).unwrap();
+        let backend = Backend::start(data.path(), 0, extra);
+        let credentials = acme(&backend, data.path(), "ak_a");
+        let mut stream = open(&credentials, VICTIM).await.unwrap();
+        assert_eq!(acked(&mut stream, plain(1, &["private"])).await, 1);
+        assert_eq!(wait_for_lines(data.path(), 1, Duration::from_secs(20)), 1);
+        drop(stream);
+        backend.stop();
+        // The registry was written by the test, before the backend ran. Secrets stay
+        // 0600 whatever the mask.
+        let secrets = [
+            "server.key 600",
+            "ca.key 600",
+            "signing.pem 600",
+            "credentials.env 600",
+        ];
+        let odd: Vec<String> = modes_other_than(data.path(), file, dir)
+            .into_iter()
+            .filter(|p| !p.contains("tenants.yaml") && !secrets.iter().any(|s| p.ends_with(s)))
+            .collect();
+        assert!(odd.is_empty(), "{extra:?}: {odd:#?}");
+        // Sink files, their chains, buffer, checkpoints and keys are all
+        // there to check (`marks.json` is written once segments are released).
+        for part in ["files/acme/ak_a", "buffer", "router", "keys"] {
+            assert!(data.path().join(part).exists(), "{part}");
+        }
+    }
+}
