@@ -10,7 +10,9 @@
 //! | `ingest_wire_bytes_total` | counter | tenant | payload bytes as received |
 //! | `ingest_duplicate_batches_total` | counter | tenant | re-sent batches acked without storing |
 //! | `auth_failures_total` | counter | reason | refused calls: `unauthenticated`, `permission_denied` |
-//! | `ingest_refused_total` | counter | tenant, reason | batches and streams refused for what they hold: `agent_owner` (an agent id another access key owns), `seq_gap` (an undeclared jump past `--max-seq-gap`), `raw_size` (a declared size that lies or is over `--max-batch-bytes`), `malformed` |
+//! | `ingest_refused_total` | counter | tenant, reason | batches and streams refused for what they hold: `agent_owner` (an agent id another access key owns), `seq_gap` (an undeclared jump past `--max-seq-gap`), `raw_size` (a declared size that lies or is over `--max-batch-bytes`), `malformed`, `watchers` (over `--max-watchers-per-key`) |
+//! | `connections_open` | gauge | | open connections of the gRPC listener |
+//! | `connections_refused_total` | counter | reason | connections closed by the listener's limits: `limit` (`--max-connections`), `peer_limit` (`--max-connections-per-peer`), `silent` (nothing sent within `--handshake-timeout`) |
 //! | `ingest_seqs_lost_total` | counter | tenant | seqs an agent skipped (declared lost by its spool, or within `--max-seq-gap`) |
 //! | `rate_limited_total` | counter | tenant | batches refused with RESOURCE_EXHAUSTED by the tenant's rate limit |
 //! | `registry_reloads_total` | counter | result | tenant registry and revocation list reloads: `ok`, `error` |
@@ -61,6 +63,8 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     pub ingest_refused: IntCounterVec,
     pub ingest_seqs_lost: IntCounterVec,
+    pub connections_open: IntGauge,
+    pub connections_refused: IntCounterVec,
     pub rate_limited: IntCounterVec,
     pub registry_reloads: IntCounterVec,
     pub kafka_produce_failures: IntCounterVec,
@@ -173,6 +177,12 @@ impl Metrics {
                 "ingest_seqs_lost_total",
                 "Seqs agents skipped: declared lost, or within --max-seq-gap",
                 &["tenant"],
+            )?,
+            connections_open: gauge("connections_open", "Open connections of the gRPC listener")?,
+            connections_refused: counter(
+                "connections_refused_total",
+                "Connections closed by the listener's limits",
+                &["reason"],
             )?,
             buffer_bytes: gauge("buffer_bytes", "Bytes of retained buffer segments")?,
             buffer_max_bytes: gauge("buffer_max_bytes", "Size cap of the buffer")?,

@@ -23,12 +23,12 @@ use logferry_buffer::{EmbeddedLog, LogConfig};
 use logferry_proto::MAX_MESSAGE_BYTES;
 use logferry_proto::v1::ingest_server::IngestServer;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{info, warn};
 
 use crate::activity::{Activity, ActivityConfig};
 use crate::auth::{Revocations, TokenAuthority};
-use crate::ingest::{Authenticator, IngestService, Marks, Storage};
+use crate::ingest::conn::{self, ConnLimits, ConnMetrics};
+use crate::ingest::{Authenticator, IngestService, Marks, Storage, Watchers};
 use crate::keys::{KeyRing, encryption_spec, keys_dir};
 use crate::live::{Live, Reloader, destinations_of};
 use crate::metrics::{self, Metrics};
@@ -138,9 +138,73 @@ pub struct ServeArgs {
     /// drop the agent's next chunks as already stored.
     #[arg(long, env = "LOGFERRY_MAX_SEQ_GAP", default_value_t = crate::limits::DEFAULT_MAX_SEQ_GAP)]
     pub max_seq_gap: u64,
+    /// Most connections the gRPC listener holds open; more are closed as they come
+    /// (`logferry_connections_refused_total{reason="limit"}`). The process's open-file
+    /// limit is raised to its hard limit at start, and this is kept under it.
+    #[arg(long, env = "LOGFERRY_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Most connections from one peer address. Raise it when agents reach the backend
+    /// through a proxy or NAT that makes them one address.
+    #[arg(
+        long,
+        env = "LOGFERRY_MAX_CONNECTIONS_PER_PEER",
+        default_value_t = 1024
+    )]
+    pub max_connections_per_peer: usize,
+    /// How long a new connection may stay silent, and then how long its TLS
+    /// handshake may take; after either it is closed.
+    #[arg(long, env = "LOGFERRY_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+    /// Most concurrent calls (HTTP/2 streams) on one connection. An agent uses two.
+    #[arg(
+        long,
+        env = "LOGFERRY_MAX_STREAMS_PER_CONNECTION",
+        default_value_t = 32
+    )]
+    pub max_streams_per_connection: u32,
+    /// Most open config watches (`WatchConfig`) per access key; more are refused with
+    /// RESOURCE_EXHAUSTED. One per running agent of the key.
+    #[arg(long, env = "LOGFERRY_MAX_WATCHERS_PER_KEY", default_value_t = 10_000)]
+    pub max_watchers_per_key: usize,
     /// Stop tracking an agent silent for this long (a decommissioned host).
     #[arg(long, env = "LOGFERRY_AGENT_FORGET_AFTER", default_value = "7d", value_parser = humantime::parse_duration)]
     pub agent_forget_after: Duration,
+}
+
+/// Raises the open-file limit to its hard limit and keeps `wanted` connections
+/// under it, with room for the buffer, sinks and clients.
+fn max_connections(wanted: usize) -> usize {
+    const RESERVED: u64 = 256;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `getrlimit` and `setrlimit` read and write the `rlimit` we pass and
+    // have no other preconditions.
+    let files = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return wanted;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+        limit.rlim_cur
+    };
+    let room = files.saturating_sub(RESERVED) as usize;
+    if wanted > room {
+        warn!(
+            "--max-connections {wanted} is over what {files} open files allow; holding at most \
+             {room} connections"
+        );
+        return room.max(1);
+    }
+    wanted
 }
 
 impl ServeArgs {
@@ -349,6 +413,15 @@ pub async fn run_role(args: ServeArgs, role: Role) -> Result<()> {
         None => None,
     };
 
+    let conn_limits = ConnLimits {
+        max_connections: max_connections(args.max_connections),
+        max_per_peer: args.max_connections_per_peer,
+        handshake_timeout: args.handshake_timeout,
+    };
+    let conn_metrics = ConnMetrics {
+        open: metrics.connections_open.clone(),
+        refused: metrics.connections_refused.clone(),
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -379,6 +452,7 @@ pub async fn run_role(args: ServeArgs, role: Role) -> Result<()> {
         limiter: Arc::default(),
         activity,
         limits: args.batch_limits(),
+        watchers: Arc::new(Watchers::new(args.max_watchers_per_key)),
     };
 
     if development {
@@ -406,9 +480,10 @@ pub async fn run_role(args: ServeArgs, role: Role) -> Result<()> {
         .initial_stream_window_size(16 << 20)
         .initial_connection_window_size(32 << 20)
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .max_concurrent_streams(Some(args.max_streams_per_connection))
         .tcp_nodelay(true);
     if let Some(pki) = &pki {
-        let mut tls = server_tls(pki)?;
+        let mut tls = server_tls(pki)?.timeout(args.handshake_timeout);
         if let Some(ca) = &args.tls_client_ca {
             let pem = std::fs::read(ca)
                 .with_context(|| format!("reading the client CA `{}`", ca.display()))?;
@@ -433,7 +508,10 @@ pub async fn run_role(args: ServeArgs, role: Role) -> Result<()> {
     server
         .add_service(health_service)
         .add_service(ingest)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown_requested)
+        .serve_with_incoming_shutdown(
+            conn::incoming(listener, conn_limits, conn_metrics),
+            shutdown_requested,
+        )
         .await
         .context("the gRPC server failed")?;
     if let Some(router) = router

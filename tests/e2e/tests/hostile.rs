@@ -511,3 +511,102 @@ async fn data_at_rest_is_private_by_default_and_group_readable_on_request() {
         }
     }
 }
+
+/// Raises this process's open-file limit to its hard limit (4,000 sockets are held
+/// open below); the backend it starts inherits it.
+fn raise_nofile() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct we pass.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+    }
+    assert!(
+        limit.rlim_cur >= 8192,
+        "open-file hard limit {}",
+        limit.rlim_cur
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sockets_and_stalled_handshakes_cannot_lock_agents_out() {
+    use tokio::io::AsyncWriteExt;
+    raise_nofile();
+    let data = tempfile::tempdir().unwrap();
+    let backend = Backend::start(
+        data.path(),
+        0,
+        &[
+            "--max-connections-per-peer",
+            "500",
+            "--handshake-timeout",
+            "20s",
+        ],
+    );
+    let refused = |reason: &str| {
+        backend
+            .metric(&format!(
+                "logferry_connections_refused_total{{reason=\"{reason}\"}}"
+            ))
+            .unwrap_or(0.0)
+    };
+    let open = || backend.metric("logferry_connections_open").unwrap_or(0.0);
+    // 2,000 sockets that never send a byte, from 127.0.0.2, and 2,000 that start a
+    // TLS handshake (a record header) and stall, from 127.0.0.3, 200 at a time, each
+    // lot once the backend has taken the last (the kernel's accept queue holds
+    // fewer than 4,000).
+    let mut held = Vec::new();
+    for (source, stall) in [([127, 0, 0, 2], false), ([127, 0, 0, 3], true)] {
+        for _ in 0..10 {
+            let mut connecting = tokio::task::JoinSet::new();
+            for _ in 0..200 {
+                let addr = backend.addr;
+                connecting.spawn(async move {
+                    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                    socket.bind((source, 0).into()).unwrap();
+                    let mut stream = socket.connect(addr).await.unwrap();
+                    if stall {
+                        // A handshake record of 512 bytes, of which only the header
+                        // comes.
+                        let _ = stream.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).await;
+                    }
+                    stream
+                });
+            }
+            held.extend(connecting.join_all().await);
+            let total = held.len() as f64;
+            wait_for("the backend to take them", Duration::from_secs(30), || {
+                open() + refused("peer_limit") >= total
+            });
+        }
+    }
+    // The connecting took well under the handshake timeout: 500 from each address are
+    // held, the rest were closed at once.
+    assert_eq!(
+        refused("peer_limit"),
+        3_000.0,
+        "1,500 over the limit from each"
+    );
+    assert_eq!(backend.metric("logferry_connections_open"), Some(1_000.0));
+    // While they hold their places, an agent from another address sends.
+    let lines: Vec<String> = (0..1_000).map(|i| format!("honest {i}")).collect();
+    logferry_e2e::backend::send_lines(&backend, &[], lines);
+    assert_eq!(
+        wait_for_lines(data.path(), 1_000, Duration::from_secs(30)),
+        1_000
+    );
+    // The silent ones are closed after the handshake timeout, the stalled ones by
+    // the TLS handshake's own timeout.
+    wait_for(
+        "the idle connections to close",
+        Duration::from_secs(60),
+        || backend.metric("logferry_connections_open") == Some(0.0),
+    );
+    assert_eq!(refused("silent"), 500.0);
+    drop(held);
+    backend.stop();
+}

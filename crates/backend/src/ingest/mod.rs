@@ -2,6 +2,7 @@
 //! durably to the buffer, then ack.
 
 mod auth;
+pub mod conn;
 mod limit;
 mod marks;
 mod service;
@@ -9,4 +10,4 @@ mod service;
 pub use auth::{Authenticator, Session, status_for};
 pub use limit::Limiter;
 pub use marks::{AgentKey, Marks};
-pub use service::{IngestService, Storage};
+pub use service::{IngestService, Storage, Watchers};

@@ -38,8 +38,59 @@ pub struct IngestService {
     pub activity: Arc<Activity>,
     /// What one batch may declare and skip.
     pub limits: BatchLimits,
+    /// Open config watches per access key.
+    pub watchers: Arc<Watchers>,
     /// Set when the backend shuts down: open streams end with UNAVAILABLE.
     pub shutdown: watch::Receiver<bool>,
+}
+
+/// Open config watches per access key, at most `max` each.
+#[derive(Debug)]
+pub struct Watchers {
+    max: usize,
+    open: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+impl Watchers {
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            open: Default::default(),
+        }
+    }
+
+    /// Counts a watch of `access_key` until the guard drops, or refuses it.
+    fn enter(self: &Arc<Self>, access_key: &str) -> Option<WatchGuard> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(access_key.to_string()).or_default();
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(WatchGuard {
+            watchers: self.clone(),
+            access_key: access_key.to_string(),
+        })
+    }
+}
+
+/// One open watch; see [`Watchers::enter`].
+#[derive(Debug)]
+struct WatchGuard {
+    watchers: Arc<Watchers>,
+    access_key: String,
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        let mut open = self.watchers.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.access_key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.access_key);
+            }
+        }
+    }
 }
 
 /// Where stored batches go.
@@ -477,8 +528,24 @@ impl Ingest for IngestService {
         request: Request<GetConfigRequest>,
     ) -> Result<Response<Self::WatchConfigStream>, Status> {
         let session = self.authenticate(&request)?;
+        let principal = &session.principal;
+        let Some(guard) = self.watchers.enter(&principal.access_key) else {
+            self.metrics
+                .ingest_refused
+                .with_label_values(&[principal.tenant.as_str(), "watchers"])
+                .inc();
+            return Err(Status::resource_exhausted(format!(
+                "access key `{}` has {} config watches open, the most --max-watchers-per-key \
+                 allows",
+                principal.access_key, self.watchers.max
+            )));
+        };
         let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(self.clone().run_watch(session, tx));
+        let service = self.clone();
+        tokio::spawn(async move {
+            service.run_watch(session, tx).await;
+            drop(guard);
+        });
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
