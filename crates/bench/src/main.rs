@@ -9,7 +9,9 @@
 //! - `kafka`: the agent load through `logferry ingest` -> a tansu broker -> `logferry
 //!   route`, compared with the same load through `serve` (skipped without tansu);
 //! - [`sinks`]: each sink draining the same backlog (`--sink-mb`), against the file
-//!   sink.
+//!   sink;
+//! - [`memory`]: the backend's peak RSS routing one hostile batch (markers, empty
+//!   records) against ordinary records of the same raw size (`--memory-mb`).
 //!
 //! Build first, in one target dir, so the plugin and backend sit beside the bench:
 //! `cargo build --release -p logferry-bench -p logferry-backend -p plugin-out-grpc`,
@@ -23,6 +25,7 @@ mod fixture;
 mod flush;
 mod kafka;
 mod measure;
+mod memory;
 mod report;
 mod sinks;
 mod transport;
@@ -85,6 +88,14 @@ struct Cli {
     /// ingest; then each (`1,3`) drains the same backlog, compared with the first.
     #[arg(long, value_delimiter = ',', default_value = "1")]
     route_consumers: Vec<usize>,
+    /// Raw MB of each batch of the memory scenario (under the backend's
+    /// `--max-batch-bytes`, 64M by default).
+    #[arg(long, default_value_t = 60)]
+    memory_mb: usize,
+    /// Another `logferry` build (the previous commit's) that the memory scenario runs
+    /// too, as its baseline in the same run.
+    #[arg(long)]
+    baseline_backend_bin: Option<PathBuf>,
 }
 
 /// The tansu binary, if there is one.
@@ -117,6 +128,8 @@ enum Scenario {
     Kafka,
     /// Each sink draining the same backlog: file, Elasticsearch, Loki, PostgreSQL, S3.
     Sinks,
+    /// Backend peak RSS for hostile batches against ordinary ones.
+    Memory,
 }
 
 fn main() -> std::process::ExitCode {
@@ -149,10 +162,12 @@ fn run(cli: Cli) -> Result<()> {
             )
         })
         .transpose()?;
-    let backend_bin =
-        (wanted(Scenario::Agent) || wanted(Scenario::Kafka) || wanted(Scenario::Sinks))
-            .then(|| beside_this_binary(cli.backend_bin.as_deref(), "logferry", "logferry-backend"))
-            .transpose()?;
+    let backend_bin = (wanted(Scenario::Agent)
+        || wanted(Scenario::Kafka)
+        || wanted(Scenario::Sinks)
+        || wanted(Scenario::Memory))
+    .then(|| beside_this_binary(cli.backend_bin.as_deref(), "logferry", "logferry-backend"))
+    .transpose()?;
     let parent = cli.work_dir.clone().unwrap_or_else(std::env::temp_dir);
     let work = tempfile::Builder::new()
         .prefix("logferry-bench-")
@@ -303,6 +318,19 @@ fn run(cli: Cli) -> Result<()> {
         results.print();
         println!();
         sink_results = Some(results);
+    }
+    if wanted(Scenario::Memory)
+        && let Some(backend_bin) = &backend_bin
+    {
+        let results = memory::run(
+            backend_bin,
+            cli.baseline_backend_bin.as_deref(),
+            work.path(),
+            &large,
+            cli.memory_mb << 20,
+        )?;
+        results.print();
+        println!();
     }
 
     println!("Summary (ratios of figures from this run)");

@@ -610,3 +610,84 @@ async fn idle_sockets_and_stalled_handshakes_cannot_lock_agents_out() {
     drop(held);
     backend.stop();
 }
+
+/// Frames sent and received as they are, for messages no protobuf encoder writes.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), Status> {
+        use prost::bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
+        use prost::bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+    }
+}
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_that_is_not_protobuf_is_an_invalid_argument() {
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("tenants.yaml"), REGISTRY).unwrap();
+    let backend = Backend::start(data.path(), 0, &[]);
+    let credentials = acme(&backend, data.path(), "ak_a");
+    let mut grpc = tonic::client::Grpc::new(credentials.channel().await);
+    grpc.ready().await.unwrap();
+    let hello = AgentMessage {
+        msg: Some(agent_message::Msg::Hello(Hello {
+            agent_id: VICTIM.to_vec(),
+            agent_version: "hostile-test".into(),
+            acked_seq: 0,
+        })),
+    }
+    .encode_to_vec();
+    let frames = tokio_stream::iter(vec![hello, vec![0xff, 0xff, 0xff, 0xff]]);
+    let request = credentials.request(frames, Some(&credentials.access_token));
+    let path = tonic::codegen::http::uri::PathAndQuery::from_static("/logferry.v1.Ingest/Stream");
+    let mut inbound = grpc
+        .streaming(request, path, RawCodec)
+        .await
+        .unwrap()
+        .into_inner();
+    let welcome = inbound.message().await.unwrap().expect("a welcome");
+    assert!(!welcome.is_empty());
+    let status = inbound.message().await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status
+            .message()
+            .starts_with("a stream message does not decode: "),
+        "{status:?}"
+    );
+    backend.stop();
+}

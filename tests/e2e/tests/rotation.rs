@@ -43,7 +43,11 @@ fn segments(dir: &Path) -> Vec<(u64, bool, String)> {
         } else {
             middle[1..].parse().unwrap()
         };
-        let bytes = std::fs::read(entry.path()).unwrap();
+        // A running backend compresses closed files: `X` may go between the listing
+        // and the read (`X.gz` is there by then).
+        let Ok(bytes) = std::fs::read(entry.path()) else {
+            continue;
+        };
         let text = if gzipped {
             let mut text = String::new();
             flate2::read::GzDecoder::new(&bytes[..])
@@ -62,7 +66,13 @@ fn segments(dir: &Path) -> Vec<(u64, bool, String)> {
 fn logs(dir: &Path) -> Vec<String> {
     segments(dir)
         .iter()
-        .flat_map(|(_, _, text)| text.lines().map(str::to_string).collect::<Vec<_>>())
+        // Whole lines only: a running backend may be appending the last one.
+        .flat_map(|(_, _, text)| {
+            text.split_inclusive('\n')
+                .filter(|line| line.ends_with('\n'))
+                .map(|line| line.trim_end().to_string())
+                .collect::<Vec<_>>()
+        })
         .map(|line| {
             let value: serde_json::Value = serde_json::from_str(&line).unwrap();
             value["record"]["log"].as_str().unwrap().to_string()

@@ -122,6 +122,19 @@ fn invalid(message: String) -> Status {
     Status::invalid_argument(message)
 }
 
+/// A stream message that does not decode is the agent's fault: INVALID_ARGUMENT,
+/// where tonic answers INTERNAL (as gRPC's status code guide has it for parse errors).
+fn undecodable(status: Status) -> Status {
+    if status.code() == tonic::Code::Internal {
+        invalid(format!(
+            "a stream message does not decode: {}",
+            status.message()
+        ))
+    } else {
+        status
+    }
+}
+
 /// Why a batch is refused: the `ingest_refused_total` reason and the message.
 type Refusal = (&'static str, String);
 
@@ -395,7 +408,7 @@ impl IngestService {
         let principal = &session.principal;
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Err(_) => return Err(invalid("no hello within 10s".into())),
-            Ok(message) => match message?.and_then(|m| m.msg) {
+            Ok(message) => match message.map_err(undecodable)?.and_then(|m| m.msg) {
                 Some(agent_message::Msg::Hello(hello)) => hello,
                 _ => {
                     return Err(invalid(
@@ -453,7 +466,7 @@ impl IngestService {
         let expires = expiry(session);
         loop {
             let message = tokio::select! {
-                message = inbound.message() => message?,
+                message = inbound.message() => message.map_err(undecodable)?,
                 _ = shutdown.wait_for(|down| *down) => {
                     return Err(Status::unavailable("the backend is shutting down; reconnect shortly"));
                 }

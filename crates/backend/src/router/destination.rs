@@ -320,11 +320,7 @@ impl Destination {
         error!(destination = %self.name, offset = record.offset, "dead-lettering a batch: {reason}");
         self.commit_step(next, |this, marks| {
             this.metrics.open_failed("stopped");
-            this.dead_letter_batch(record, &reason)?;
-            let meta = &record.meta;
-            let key = format!("{}/{}", meta.tenant, hex::encode(meta.agent_id));
-            let mark = marks.get(&key).copied().unwrap_or(0);
-            marks.insert(key, mark.max(meta.last_seq));
+            this.dead_letter_batch(record, &reason, marks)?;
             Ok(BTreeSet::new())
         })?;
         self.suspect = None;
@@ -359,12 +355,7 @@ impl Destination {
         {
             let reason = format!("delivering this batch panicked: {message}");
             self.metrics.open_failed("panic");
-            self.dead_letter_batch(record, &reason)?;
-            let meta = &record.meta;
-            let key = format!("{}/{}", meta.tenant, hex::encode(meta.agent_id));
-            let mark = marks.get(&key).copied().unwrap_or(0);
-            marks.insert(key, mark.max(meta.last_seq));
-            return Ok(());
+            return self.dead_letter_batch(record, &reason, marks);
         }
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             crate::limits::fault_hooks(record.offset);
@@ -392,9 +383,18 @@ impl Destination {
         }
     }
 
-    /// Dead-letters a stored batch whole, as it is in the buffer, with `reason`.
-    fn dead_letter_batch(&mut self, record: &Record, reason: &str) -> Result<()> {
+    /// Dead-letters a stored batch whole, as it is in the buffer, with `reason`, and
+    /// moves its agent's mark past it.
+    fn dead_letter_batch(
+        &mut self,
+        record: &Record,
+        reason: &str,
+        marks: &mut BTreeMap<String, u64>,
+    ) -> Result<()> {
         let meta = &record.meta;
+        let key = format!("{}/{}", meta.tenant, hex::encode(meta.agent_id));
+        let mark = marks.get(&key).copied().unwrap_or(0);
+        marks.insert(key, mark.max(meta.last_seq));
         self.dead_letter(json!({
             "time": now(),
             "destination": self.name,
@@ -756,9 +756,7 @@ impl Destination {
             Err((kind, reason)) => {
                 self.metrics.open_failed(kind);
                 warn!(destination = %self.name, offset = record.offset, "dead-lettering a batch: {reason}");
-                self.dead_letter_batch(record, &reason)?;
-                marks.insert(mark_key, meta.last_seq);
-                return Ok(());
+                return self.dead_letter_batch(record, &reason, marks);
             }
         };
         let delivered_to = self.write_chunks(record, &payload, mark, &base)?;

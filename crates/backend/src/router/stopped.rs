@@ -104,7 +104,12 @@ impl StepMarker {
         let tmp = self.path.with_extension("json.tmp");
         let written = serde_json::to_vec(&marker)
             .map_err(std::io::Error::other)
-            .and_then(|json| std::fs::write(&tmp, json))
+            .and_then(|json| {
+                if let Some(dir) = self.path.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                std::fs::write(&tmp, json)
+            })
             .and_then(|()| std::fs::rename(&tmp, &self.path));
         if let Err(e) = written {
             warn!("writing `{}`: {e}", self.path.display());

@@ -2,7 +2,7 @@
 //!
 //! `commit` fsyncs every file written since the last commit (and the directories of
 //! new files) and returns `{relative path: length}`. `recover` truncates each file
-//! to its checkpointed length and empties files the checkpoint does not know (they
+//! to its checkpointed length and removes files the checkpoint does not know (they
 //! were created after it), so what survives a crash is exactly what was committed.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -84,7 +84,21 @@ impl FileSet {
                 .unwrap_or(&path)
                 .to_string_lossy()
                 .to_string();
-            let keep = committed.get(&relative).copied().unwrap_or(0);
+            let Some(&keep) = committed.get(&relative) else {
+                // Created after the last checkpoint, by a step that never completed:
+                // it goes whole, so a rotating sink numbers its files on from the last
+                // checkpointed one and leaves no empty file behind.
+                warn!(
+                    "{}: created after the last checkpoint; removing it, its records are \
+                     delivered again",
+                    path.display()
+                );
+                fs::remove_file(&path).with_context(|| format!("removing `{}`", path.display()))?;
+                if let Some(dir) = path.parent() {
+                    crate::fsutil::sync_dir(dir)?;
+                }
+                continue;
+            };
             let len = fs::metadata(&path)?.len();
             if len > keep {
                 warn!(
