@@ -228,3 +228,310 @@ pub fn verify_paths(
     );
     Ok(bad == 0)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::chain::{ChainLine, genesis};
+    use crate::router::Checkpoint;
+    use crate::signing::{CheckpointSigner, KeyRole};
+    use crate::sinks::{Chunk, FileSink, Sink};
+
+    /// Two access keys of tenant `t`, two committed steps each, as a running backend
+    /// leaves them (checkpoint stored, manifest written).
+    fn destination(root: &Path, signer: Arc<CheckpointSigner>) -> serde_json::Value {
+        let mut sink = FileSink::new(root.to_path_buf(), Some(signer), Duration::ZERO);
+        sink.recover(&serde_json::Value::Null).unwrap();
+        let mut state = serde_json::Value::Null;
+        for step in 0..2 {
+            for key in ["a", "b"] {
+                let data = format!("{{\"key\":\"{key}\",\"step\":{step}}}\n");
+                sink.write(&Chunk {
+                    tenant: "t",
+                    access_key: key,
+                    agent: "00",
+                    seq: 1,
+                    tag: "test",
+                    offset: 0,
+                    first_index: 0,
+                    data: data.as_bytes(),
+                })
+                .unwrap();
+            }
+            state = sink.commit(&Checkpoint::default()).unwrap();
+            sink.checkpoint_stored().unwrap();
+        }
+        state
+    }
+
+    fn run(root: &Path, verifier: &CheckpointVerifier) -> (bool, String) {
+        let mut out = Vec::new();
+        let options = Options {
+            max_unsigned_age: Some(Duration::from_secs(300)),
+            require_manifest: true,
+        };
+        let ok = verify_paths(&[root.to_path_buf()], verifier, &options, &mut out).unwrap();
+        (ok, String::from_utf8(out).unwrap())
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        root: PathBuf,
+        verifier: CheckpointVerifier,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = Arc::new(CheckpointSigner::load_or_create(&dir.path().join("keys")).unwrap());
+        let root = dir.path().join("files");
+        destination(&root, signer.clone());
+        Fixture {
+            verifier: signer.verifier().unwrap(),
+            root,
+            _dir: dir,
+        }
+    }
+
+    fn data(f: &Fixture, key: &str) -> PathBuf {
+        f.root.join(format!("t/{key}/{key}.jsonl"))
+    }
+
+    #[test]
+    fn an_untouched_destination_verifies_against_its_manifest() {
+        let f = fixture();
+        let (ok, out) = run(&f.root, &f.verifier);
+        assert!(ok, "{out}");
+        assert_eq!(
+            out.lines().filter(|l| l.starts_with("OK ")).count(),
+            2,
+            "{out}"
+        );
+        assert!(!out.contains("NOTE"), "{out}");
+    }
+
+    #[test]
+    fn a_file_deleted_with_its_chain_is_missing() {
+        let f = fixture();
+        let len = std::fs::metadata(data(&f, "b")).unwrap().len();
+        std::fs::remove_file(data(&f, "b")).unwrap();
+        std::fs::remove_file(chain_path(&data(&f, "b"))).unwrap();
+        let (ok, out) = run(&f.root, &f.verifier);
+        assert!(!ok);
+        assert!(
+            out.contains(&format!(
+                "FAIL {}: missing: {} names it with {len} bytes, but the file and its chain are \
+                 gone; they were deleted\n",
+                data(&f, "b").display(),
+                f.root.join("@manifest.jsonl.jws").display()
+            )),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn a_deleted_access_key_directory_fails_with_zero_files_verified() {
+        let f = fixture();
+        std::fs::remove_dir_all(f.root.join("t")).unwrap();
+        let (ok, out) = run(&f.root, &f.verifier);
+        assert!(!ok);
+        assert_eq!(
+            out.lines().filter(|l| l.contains(": missing: ")).count(),
+            2,
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn a_file_truncated_with_its_chain_or_rebuilt_from_the_start_is_found() {
+        let f = fixture();
+        let path = data(&f, "a");
+        let original = std::fs::read(&path).unwrap();
+        let chain = std::fs::read_to_string(chain_path(&path)).unwrap();
+        // Cut back to the first link, chain and all.
+        let first = chain.lines().next().unwrap();
+        let ChainLine::Link { n, .. } = serde_json::from_str(first).unwrap() else {
+            panic!("{first}")
+        };
+        std::fs::write(&path, &original[..n as usize]).unwrap();
+        std::fs::write(chain_path(&path), format!("{first}\n")).unwrap();
+        let (ok, out) = run(&f.root, &f.verifier);
+        assert!(!ok);
+        assert!(
+            out.contains(&format!(
+                "FAIL {}: truncated at byte {n}: the manifest records {} bytes; the file was cut \
+                 together with its chain\n",
+                path.display(),
+                original.len()
+            )),
+            "{out}"
+        );
+
+        // Rewritten bytes, and a chain rebuilt from the start without checkpoints.
+        let mut forged = original.clone();
+        forged[2] ^= 0x20;
+        std::fs::write(&path, &forged).unwrap();
+        use sha2::Digest;
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(genesis("a.jsonl"));
+        hasher.update(&forged);
+        let head: [u8; 32] = hasher.finalize().into();
+        let link = ChainLine::Link {
+            o: 0,
+            n: forged.len() as u64,
+            h: hex::encode(head),
+        };
+        std::fs::write(
+            chain_path(&path),
+            serde_json::to_string(&link).unwrap() + "\n",
+        )
+        .unwrap();
+        let (ok, out) = run(&f.root, &f.verifier);
+        assert!(!ok);
+        assert!(
+            out.contains(&format!(
+                "FAIL {}: rebuilt: the chain does not reach the head the manifest records at byte \
+                 {}; the file and its chain were rewritten\n",
+                path.display(),
+                original.len()
+            )),
+            "{out}"
+        );
+        // Without the manifest, the missing signatures give it away.
+        std::fs::remove_file(f.root.join("@manifest.jsonl.jws")).unwrap();
+        let (ok, out) = run(&f.root, &f.verifier);
+        assert!(!ok);
+        assert!(
+            out.contains(&format!(
+                "FAIL {}: unsigned: {} bytes in 1 blocks and no signed checkpoint; the chain \
+                 could have been rebuilt\n",
+                path.display(),
+                forged.len()
+            )),
+            "{out}"
+        );
+        // And the untouched file says its manifest was removed.
+        assert!(
+            out.contains(&format!(
+                "FAIL {}: no manifest covers this file",
+                data(&f, "b").display()
+            )),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn a_file_the_manifest_does_not_name_is_found() {
+        let f = fixture();
+        let dir = f.root.join("t/c");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(data(&f, "a"), dir.join("c.jsonl")).unwrap();
+        let (ok, out) = run(&f.root, &f.verifier);
+        assert!(!ok);
+        assert!(
+            out.contains(&format!(
+                "FAIL {}: absent from the manifest: the file sink never recorded this file; it \
+                 was added, or renamed, by someone else\n",
+                dir.join("c.jsonl").display()
+            )),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn a_data_directory_of_the_release_before_manifests_still_verifies() {
+        // That release signed checkpoints with the token key and wrote no manifest.
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        let tokens = crate::auth::TokenAuthority::load_or_create(&keys).unwrap();
+        let (private, public) =
+            crate::signing::load_or_create_pair(&keys, crate::signing::TOKEN_KEY).unwrap();
+        let old = Arc::new(CheckpointSigner::from_pem(&private, &public).unwrap());
+        assert_eq!(old.kid(), tokens.kid());
+        let root = dir.path().join("files");
+        let state = destination(&root, old.clone());
+        std::fs::remove_file(root.join("@manifest.jsonl.jws")).unwrap();
+
+        let new = CheckpointSigner::load_or_create(&keys).unwrap();
+        let mut verifier = new.verifier().unwrap();
+        verifier
+            .trust(&public, KeyRole::Legacy, "signing.pub.pem")
+            .unwrap();
+        let (ok, out) = run(&root, &verifier);
+        assert!(ok, "{out}");
+        let path = root.join("t/a/a.jsonl");
+        let len = std::fs::metadata(&path).unwrap().len();
+        assert!(
+            out.starts_with(&format!(
+                "OK {}: {len} bytes in 2 blocks, 2 signed checkpoints (2 by the token-signing \
+                 key of a release before the checkpoint key), signed up to byte {len}\n\
+                 NOTE {}: no manifest covers this file (written by a release before manifests, \
+                 or copied out of its destination), so a file deleted together with its chain \
+                 would go unnoticed here\n",
+                path.display(),
+                path.display()
+            )),
+            "{out}"
+        );
+
+        // The new release takes over: it names the files in a manifest at start and
+        // signs with its own key; a checkpoint by the token key after that is forged.
+        let mut sink = FileSink::new(root.clone(), Some(Arc::new(new)), Duration::ZERO);
+        sink.recover(&state).unwrap();
+        sink.write(&Chunk {
+            tenant: "t",
+            access_key: "a",
+            agent: "00",
+            seq: 2,
+            tag: "test",
+            offset: 0,
+            first_index: 0,
+            data: b"{\"new\":true}\n",
+        })
+        .unwrap();
+        sink.commit(&Checkpoint::default()).unwrap();
+        sink.checkpoint_stored().unwrap();
+        let (ok, out) = run(&root, &verifier);
+        assert!(ok, "{out}");
+        assert!(!out.contains("NOTE"), "{out}");
+        assert!(
+            out.contains("3 signed checkpoints (2 by the token-signing key of a release before"),
+            "{out}"
+        );
+        let mut chain = std::fs::read_to_string(chain_path(&path)).unwrap();
+        let (len, head) = chain
+            .lines()
+            .filter_map(|l| match serde_json::from_str(l).unwrap() {
+                ChainLine::Link { o, n, h } => Some((o + n, h)),
+                ChainLine::Checkpoint { .. } => None,
+            })
+            .last()
+            .unwrap();
+        let forged = ChainLine::Checkpoint {
+            c: old
+                .sign(&crate::chain::CheckpointClaims {
+                    file: "a.jsonl".into(),
+                    len,
+                    head,
+                    iat: 0,
+                })
+                .unwrap(),
+        };
+        chain.push_str(&(serde_json::to_string(&forged).unwrap() + "\n"));
+        std::fs::write(chain_path(&path), &chain).unwrap();
+        let (ok, out) = run(&root, &verifier);
+        assert!(!ok);
+        assert!(
+            out.contains(&format!(
+                "FAIL {}: chain line {}: a checkpoint signed by the token-signing key `{}` \
+                 follows one signed by the checkpoint key, which replaced it; forged with the \
+                 token key\n",
+                path.display(),
+                chain.lines().count(),
+                tokens.kid()
+            )),
+            "{out}"
+        );
+    }
+}
