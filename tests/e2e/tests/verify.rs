@@ -8,17 +8,24 @@ use std::time::Duration;
 
 use logferry_e2e::backend::{Backend, backend_bin, send_lines, wait_for_lines};
 
-#[test]
-fn verify_passes_on_sink_files_and_fails_on_a_changed_byte() {
+/// The data directory a backend started with `flags` leaves after it took `lines`
+/// audit lines in chunks of `chunk` and stopped cleanly.
+fn written(flags: &[&str], chunk: &str, lines: usize) -> tempfile::TempDir {
     let data = tempfile::tempdir().unwrap();
-    let backend = Backend::start(data.path(), 0, &["--chain-checkpoint-interval", "0s"]);
+    let backend = Backend::start(data.path(), 0, flags);
     send_lines(
         &backend,
-        &["--tag", "audit", "--chunk-bytes", "64K"],
-        (0..20_000).map(|n| format!("audit line {n}")),
+        &["--tag", "audit", "--chunk-bytes", chunk],
+        (0..lines).map(|n| format!("audit line {n}")),
     );
-    wait_for_lines(data.path(), 20_000, Duration::from_secs(30));
+    wait_for_lines(data.path(), lines, Duration::from_secs(30));
     backend.stop();
+    data
+}
+
+#[test]
+fn verify_passes_on_sink_files_and_fails_on_a_changed_byte() {
+    let data = written(&["--chain-checkpoint-interval", "0s"], "64K", 20_000);
 
     let verify = || {
         Command::new(backend_bin())
@@ -225,15 +232,7 @@ fn rebuilt_chain(
 /// directory replaced with everything re-signed (found once the key is pinned).
 #[test]
 fn deletion_rebuilt_chains_and_replaced_keys_are_findings() {
-    let data = tempfile::tempdir().unwrap();
-    let backend = Backend::start(data.path(), 0, &["--files-rotate-bytes", "64K"]);
-    send_lines(
-        &backend,
-        &["--tag", "audit", "--chunk-bytes", "16K"],
-        (0..5000).map(|n| format!("audit line {n}")),
-    );
-    wait_for_lines(data.path(), 5000, Duration::from_secs(30));
-    backend.stop();
+    let data = written(&["--files-rotate-bytes", "64K"], "16K", 5000);
 
     // An auditor's copy of the checkpoint key, taken before anything happened.
     let audit = tempfile::tempdir().unwrap();
