@@ -8,7 +8,8 @@
 //! to equal the access key presented with the call, and refuses revoked `jti`s.
 //!
 //! The key pair lives in `<data-dir>/keys/signing.pem` (PKCS#8, owner-only) and
-//! `signing.pub.pem`, created on first start. The revocation list is
+//! `signing.pub.pem`, created on first start. It signs tokens only; the file sink's
+//! checkpoints have a key of their own ([`crate::signing`]). The revocation list is
 //! `<data-dir>/revoked-tokens`: one `jti` per line, then optional words (when and
 //! why); `#` starts a comment.
 
@@ -21,12 +22,9 @@ use anyhow::{Context, Result};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as BASE64URL;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Validation};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-
-use crate::fsutil::write_private;
 
 /// The issuer every token carries.
 pub const ISSUER: &str = "logferry";
@@ -97,20 +95,8 @@ fn now_secs() -> u64 {
 impl TokenAuthority {
     /// Loads the signing key from `dir`, creating a new Ed25519 pair on first use.
     pub fn load_or_create(dir: &Path) -> Result<Self> {
-        let private = dir.join("signing.pem");
-        let public = dir.join("signing.pub.pem");
-        if !private.exists() {
-            let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
-                .context("generating the Ed25519 signing key")?;
-            write_private(&private, pair.serialize_pem().as_bytes())
-                .with_context(|| format!("writing `{}`", private.display()))?;
-            std::fs::write(&public, pair.public_key_pem())
-                .with_context(|| format!("writing `{}`", public.display()))?;
-        }
-        let private_pem = std::fs::read(&private)
-            .with_context(|| format!("reading the signing key `{}`", private.display()))?;
-        let public_pem = std::fs::read(&public)
-            .with_context(|| format!("reading the public key `{}`", public.display()))?;
+        let (private_pem, public_pem) =
+            crate::signing::load_or_create_pair(dir, crate::signing::TOKEN_KEY)?;
         Self::from_pem(&private_pem, &public_pem)
     }
 
@@ -118,7 +104,7 @@ impl TokenAuthority {
     pub fn from_pem(private_pem: &[u8], public_pem: &[u8]) -> Result<Self> {
         let encoding = EncodingKey::from_ed_pem(private_pem).context("bad Ed25519 signing key")?;
         let decoding = DecodingKey::from_ed_pem(public_pem).context("bad Ed25519 public key")?;
-        let kid = hex::encode(&Sha256::digest(public_pem)[..8]);
+        let kid = crate::signing::kid(public_pem);
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.leeway = LEEWAY_SECS;
         validation.set_issuer(&[ISSUER]);
@@ -158,12 +144,10 @@ impl TokenAuthority {
         self.sign_json(claims)
     }
 
-    /// Signs any claims as a compact JWS (EdDSA, with this key's `kid`): tokens, and
-    /// the file sink's chain checkpoints.
+    /// Signs any claims as a compact JWS (EdDSA, with this key's `kid`). Only tokens:
+    /// chain checkpoints have a key of their own ([`crate::signing`]).
     pub fn sign_json<T: Serialize>(&self, claims: &T) -> Result<String> {
-        let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(self.kid.clone());
-        jsonwebtoken::encode(&header, claims, &self.encoding).context("signing")
+        crate::signing::sign_jws(claims, &self.encoding, &self.kid)
     }
 
     /// Verifies `token` for a call that presented `access_key`. Revocation is checked
@@ -320,6 +304,8 @@ pub fn revoke(path: &Path, jti: &str, reason: Option<&str>) -> Result<bool> {
 
 #[cfg(test)]
 mod tests {
+    use jsonwebtoken::Header;
+
     use super::*;
 
     #[test]

@@ -8,27 +8,33 @@
 //!   first previous head is `SHA-256("logferry/v1 chain\0" || file name)`, which binds
 //!   the chain to the file's name (and so to its access key);
 //! - a checkpoint, every `--chain-checkpoint-interval`: `{"c": JWS}` whose claims
-//!   `{"file", "len", "head", "iat"}` are signed (EdDSA) with the backend's key.
+//!   `{"file", "len", "head", "iat"}` are signed (EdDSA) with the backend's checkpoint
+//!   key ([`crate::signing`]; releases before it used the token-signing key).
 //!
 //! A link alone proves order and content only against someone who cannot recompute
 //! hashes; the signed checkpoints are what an attacker cannot forge. `logferry verify`
 //! walks both and reports the first place a file stops matching: a modified or
 //! reordered block, a truncation, bytes a foreign writer appended, a deleted file.
-//! What was written after the last checkpoint is chained but not yet signed, and
-//! rewinding a file and its chain to an earlier signed checkpoint is only visible
-//! against a copy of the latest checkpoint kept elsewhere.
+//! What was written after the last checkpoint is chained but not yet signed; `verify`
+//! reports such a tail once its last checkpoint is older than `--max-unsigned-age`,
+//! and a chain with links but no checkpoint at all. Which files exist, and where each
+//! chain stood, is the signed manifest's job ([`crate::manifest`]); rewinding the
+//! files, chains and manifest together to an earlier signed state is only visible
+//! against a copy of the latest manifest kept elsewhere.
 //!
 //! The chain file is written and truncated together with its data file (both are
 //! in the destination's checkpoint), so a crash never leaves them disagreeing.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+pub use crate::signing::CheckpointVerifier;
+use crate::signing::KeyRole;
 
 /// The chain file of a data file.
 pub fn chain_path(data: &Path) -> PathBuf {
@@ -87,13 +93,22 @@ impl ChainState {
         };
         let mut found = false;
         for line in chain.lines() {
-            if let Ok(ChainLine::Link { o, n, h }) = serde_json::from_str(line)
-                && let Ok(head) = hex::decode(&h)
-                && let Ok(head) = <[u8; 32]>::try_from(head)
-            {
-                state.head = head;
-                state.end = o + n;
-                found = true;
+            match serde_json::from_str(line) {
+                Ok(ChainLine::Link { o, n, h }) => {
+                    if let Ok(head) = hex::decode(&h)
+                        && let Ok(head) = <[u8; 32]>::try_from(head)
+                    {
+                        state.head = head;
+                        state.end = o + n;
+                        state.signed = None;
+                        found = true;
+                    }
+                }
+                // This sink wrote it; `verify` checks the signature.
+                Ok(ChainLine::Checkpoint { .. }) if found => {
+                    state.signed = Some((state.end, state.head));
+                }
+                _ => {}
             }
         }
         if !found {
@@ -153,35 +168,6 @@ impl CheckpointClaims {
     }
 }
 
-/// Checks checkpoint signatures with the backend's public key.
-pub struct CheckpointVerifier {
-    key: DecodingKey,
-    validation: Validation,
-}
-
-impl std::fmt::Debug for CheckpointVerifier {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CheckpointVerifier")
-    }
-}
-
-impl CheckpointVerifier {
-    /// From the backend's public key (`keys/signing.pub.pem`).
-    pub fn from_pem(public_pem: &[u8]) -> Result<Self> {
-        let key = DecodingKey::from_ed_pem(public_pem).context("bad Ed25519 public key")?;
-        let mut validation = Validation::new(Algorithm::EdDSA);
-        validation.required_spec_claims.clear();
-        validation.validate_exp = false;
-        Ok(Self { key, validation })
-    }
-
-    fn verify(&self, jws: &str) -> Result<CheckpointClaims, String> {
-        jsonwebtoken::decode::<CheckpointClaims>(jws, &self.key, &self.validation)
-            .map(|data| data.claims)
-            .map_err(|e| e.to_string())
-    }
-}
-
 /// What `verify_file` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileReport {
@@ -191,8 +177,23 @@ pub struct FileReport {
     pub checkpoints: u64,
     /// Bytes covered by the last valid signed checkpoint.
     pub signed_len: u64,
+    /// When the last valid checkpoint was signed (Unix seconds).
+    pub signed_at: Option<u64>,
+    /// Checkpoints signed by the token-signing key of an earlier release.
+    pub legacy_checkpoints: u64,
     /// The first problem, if any.
     pub finding: Option<String>,
+}
+
+/// What [`verify_file`] checks beyond the chain and its signatures.
+#[derive(Debug, Clone, Default)]
+pub struct FileCheck {
+    /// `(len, head)` the manifest records for the file, if one names it: the chain
+    /// must reach `head` at byte `len`.
+    pub manifest: Option<(u64, String)>,
+    /// Links after a last checkpoint older than this (or links and no checkpoint at
+    /// all) are a finding; `None`: not checked.
+    pub max_unsigned_age: Option<Duration>,
 }
 
 const READ_CHUNK: usize = 1 << 20;
@@ -223,8 +224,12 @@ fn read_full(data: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(filled)
 }
 
-/// Checks one data file against its chain file.
-pub fn verify_file(path: &Path, verifier: &CheckpointVerifier) -> Result<FileReport> {
+/// Checks one data file against its chain file, and against `check`.
+pub fn verify_file(
+    path: &Path,
+    verifier: &CheckpointVerifier,
+    check: &FileCheck,
+) -> Result<FileReport> {
     let (chain_file, name) = chain_of(path);
     let mut report = FileReport {
         path: path.to_path_buf(),
@@ -232,6 +237,8 @@ pub fn verify_file(path: &Path, verifier: &CheckpointVerifier) -> Result<FileRep
         blocks: 0,
         checkpoints: 0,
         signed_len: 0,
+        signed_at: None,
+        legacy_checkpoints: 0,
         finding: None,
     };
     let chain = match std::fs::read_to_string(&chain_file) {
@@ -261,6 +268,15 @@ pub fn verify_file(path: &Path, verifier: &CheckpointVerifier) -> Result<FileRep
     let mut head = genesis(&name);
     let mut pos = 0u64;
     let mut buf = vec![0u8; READ_CHUNK];
+    // Whether the chain passed through the manifest's (len, head).
+    let reaches = |pos: u64, head: &[u8; 32]| {
+        check
+            .manifest
+            .as_ref()
+            .is_none_or(|(len, h)| *len == pos && *h == hex::encode(head))
+    };
+    let mut reached = reaches(pos, &head);
+    let mut by_checkpoint_key = false;
     for (number, line) in chain.lines().enumerate() {
         let line_no = number + 1;
         let parsed: ChainLine = match serde_json::from_str(line) {
@@ -285,6 +301,7 @@ pub fn verify_file(path: &Path, verifier: &CheckpointVerifier) -> Result<FileRep
                         return Ok(report);
                     }
                     pos = o;
+                    reached |= reaches(pos, &head);
                 }
                 if o != pos {
                     report.finding = Some(format!(
@@ -324,10 +341,11 @@ pub fn verify_file(path: &Path, verifier: &CheckpointVerifier) -> Result<FileRep
                 pos = o + n;
                 report.blocks += 1;
                 report.bytes = pos;
+                reached |= reaches(pos, &head);
             }
             ChainLine::Checkpoint { c } => {
-                let claims = match verifier.verify(&c) {
-                    Ok(claims) => claims,
+                let (claims, key) = match verifier.verify::<CheckpointClaims>(&c) {
+                    Ok(verified) => verified,
                     Err(e) => {
                         report.finding = Some(format!(
                             "chain line {line_no}: the checkpoint's signature does not verify ({e}); \
@@ -344,8 +362,21 @@ pub fn verify_file(path: &Path, verifier: &CheckpointVerifier) -> Result<FileRep
                     ));
                     return Ok(report);
                 }
+                match key.role {
+                    KeyRole::Checkpoint => by_checkpoint_key = true,
+                    KeyRole::Legacy if by_checkpoint_key => {
+                        report.finding = Some(format!(
+                            "chain line {line_no}: a checkpoint signed by {} follows one signed \
+                             by the checkpoint key, which replaced it; forged with the token key",
+                            key.describe()
+                        ));
+                        return Ok(report);
+                    }
+                    KeyRole::Legacy => report.legacy_checkpoints += 1,
+                }
                 report.checkpoints += 1;
                 report.signed_len = pos;
+                report.signed_at = Some(claims.iat);
             }
         }
     }
@@ -356,86 +387,44 @@ pub fn verify_file(path: &Path, verifier: &CheckpointVerifier) -> Result<FileRep
             "extended by a foreign writer: bytes {pos}..{} are not in the chain",
             pos + extra
         ));
+        return Ok(report);
+    }
+    if let Some((len, _)) = &check.manifest
+        && !reached
+    {
+        report.finding = Some(if pos < *len {
+            format!(
+                "truncated at byte {pos}: the manifest records {len} bytes; the file was cut \
+                 together with its chain"
+            )
+        } else {
+            format!(
+                "rebuilt: the chain does not reach the head the manifest records at byte {len}; \
+                 the file and its chain were rewritten"
+            )
+        });
+        return Ok(report);
+    }
+    if let Some(max) = check.max_unsigned_age
+        && pos > report.signed_len
+    {
+        report.finding = match report.signed_at {
+            None => Some(format!(
+                "unsigned: {pos} bytes in {} blocks and no signed checkpoint; the chain could \
+                 have been rebuilt",
+                report.blocks
+            )),
+            Some(at) if unix_now().saturating_sub(at) > max.as_secs() => Some(format!(
+                "unsigned: bytes {}..{pos} follow a checkpoint signed {} ago, over \
+                 --max-unsigned-age {}; they could have been rewritten",
+                report.signed_len,
+                humantime::format_duration(Duration::from_secs(unix_now().saturating_sub(at))),
+                humantime::format_duration(max)
+            )),
+            Some(_) => None,
+        };
     }
     Ok(report)
-}
-
-/// Every data file under `path` (a file, or a directory searched recursively), and
-/// chain files whose data file is gone.
-pub fn collect(path: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    if path.is_dir() {
-        let mut entries: Vec<_> = std::fs::read_dir(path)
-            .with_context(|| format!("listing {}", path.display()))?
-            .collect::<Result<_, _>>()?;
-        entries.sort_by_key(|e| e.path());
-        for entry in entries {
-            collect(&entry.path(), out)?;
-        }
-    } else if let Some(data) = path.to_str().and_then(|p| p.strip_suffix(".chain")) {
-        let data = PathBuf::from(data);
-        let gzipped = PathBuf::from(format!("{}.gz", data.display()));
-        if !data.exists() && !gzipped.exists() && !out.contains(&data) {
-            out.push(data);
-        }
-    } else if path.to_str().is_some_and(|p| {
-        [".jsonl", ".msgpack", ".jsonl.gz", ".msgpack.gz"]
-            .iter()
-            .any(|suffix| p.ends_with(suffix))
-    }) && !out.contains(&path.to_path_buf())
-    {
-        out.push(path.to_path_buf());
-    }
-    Ok(())
-}
-
-/// `logferry verify`: checks every file, prints one line each and a summary with the
-/// throughput. Returns whether everything was OK.
-pub fn verify_paths(paths: &[PathBuf], verifier: &CheckpointVerifier) -> Result<bool> {
-    let started = Instant::now();
-    let mut files = Vec::new();
-    for path in paths {
-        if !path.exists() && !chain_path(path).exists() {
-            anyhow::bail!("{} does not exist", path.display());
-        }
-        collect(path, &mut files)?;
-    }
-    let (mut bytes, mut bad) = (0u64, 0usize);
-    for file in &files {
-        let report = verify_file(file, verifier)?;
-        bytes += report.bytes;
-        match &report.finding {
-            None => println!(
-                "OK {}: {} bytes in {} blocks, {} signed checkpoints, signed up to byte {}{}",
-                file.display(),
-                report.bytes,
-                report.blocks,
-                report.checkpoints,
-                report.signed_len,
-                if report.signed_len < report.bytes {
-                    " (the rest is chained, not signed yet)"
-                } else {
-                    ""
-                }
-            ),
-            Some(finding) => {
-                bad += 1;
-                println!("FAIL {}: {finding}", file.display());
-            }
-        }
-    }
-    let secs = started.elapsed().as_secs_f64().max(1e-9);
-    eprintln!(
-        "verified {} file(s), {bytes} bytes in {:.2}s ({:.0} MB/s): {}",
-        files.len(),
-        secs,
-        bytes as f64 / 1e6 / secs,
-        if bad == 0 {
-            "all OK".to_string()
-        } else {
-            format!("{bad} with findings")
-        }
-    );
-    Ok(bad == 0)
 }
 
 #[cfg(test)]
@@ -444,8 +433,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::auth::TokenAuthority;
     use crate::router::Checkpoint;
+    use crate::signing::CheckpointSigner;
     use crate::sinks::{Chunk, FileSink, Sink};
 
     struct Fixture {
@@ -473,7 +462,7 @@ mod tests {
     fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let keys = dir.path().join("keys");
-        let authority = Arc::new(TokenAuthority::load_or_create(&keys).unwrap());
+        let authority = Arc::new(CheckpointSigner::load_or_create(&keys).unwrap());
         let root = dir.path().join("files");
         let mut sink = FileSink::new(root.clone(), Some(authority), Duration::ZERO);
         sink.recover(&serde_json::Value::Null).unwrap();
@@ -481,8 +470,9 @@ mod tests {
             write(&mut sink, format!("{{\"n\":{step}}}\n").as_bytes());
             write(&mut sink, b"{\"second\":true}\n");
             sink.commit(&Checkpoint::default()).unwrap();
+            sink.checkpoint_stored().unwrap();
         }
-        let pem = std::fs::read(keys.join("signing.pub.pem")).unwrap();
+        let pem = std::fs::read(keys.join("checkpoint.pub.pem")).unwrap();
         Fixture {
             data: root.join("t/ak/ak.jsonl"),
             root,
@@ -491,8 +481,15 @@ mod tests {
         }
     }
 
+    fn options() -> crate::verify::Options {
+        crate::verify::Options {
+            max_unsigned_age: Some(Duration::from_secs(300)),
+            require_manifest: true,
+        }
+    }
+
     fn finding(f: &Fixture) -> String {
-        verify_file(&f.data, &f.verifier)
+        verify_file(&f.data, &f.verifier, &FileCheck::default())
             .unwrap()
             .finding
             .unwrap_or_default()
@@ -501,11 +498,19 @@ mod tests {
     #[test]
     fn an_untouched_file_verifies() {
         let f = fixture();
-        let report = verify_file(&f.data, &f.verifier).unwrap();
+        let report = verify_file(&f.data, &f.verifier, &FileCheck::default()).unwrap();
         assert_eq!(report.finding, None);
         assert_eq!((report.blocks, report.checkpoints), (3, 3));
         assert_eq!(report.signed_len, report.bytes);
-        assert!(verify_paths(std::slice::from_ref(&f.root), &f.verifier).unwrap());
+        assert!(
+            crate::verify::verify_paths(
+                std::slice::from_ref(&f.root),
+                &f.verifier,
+                &options(),
+                &mut Vec::new()
+            )
+            .unwrap()
+        );
     }
 
     #[test]
@@ -609,10 +614,10 @@ mod tests {
         // A checkpoint signed by another key.
         std::fs::write(&f.data, &original).unwrap();
         std::fs::write(chain_path(&f.data), &chain).unwrap();
-        let other = TokenAuthority::load_or_create(tempfile::tempdir().unwrap().path()).unwrap();
+        let other = CheckpointSigner::load_or_create(tempfile::tempdir().unwrap().path()).unwrap();
         let forged_checkpoint = serde_json::to_string(&ChainLine::Checkpoint {
             c: other
-                .sign_json(&CheckpointClaims {
+                .sign(&CheckpointClaims {
                     file: "ak.jsonl".into(),
                     len: original.len() as u64,
                     head: "00".repeat(32),
@@ -635,14 +640,22 @@ mod tests {
             finding(&f),
             "deleted: the file is gone, its hash chain remains"
         );
-        assert!(!verify_paths(std::slice::from_ref(&f.root), &f.verifier).unwrap());
+        assert!(
+            !crate::verify::verify_paths(
+                std::slice::from_ref(&f.root),
+                &f.verifier,
+                &options(),
+                &mut Vec::new()
+            )
+            .unwrap()
+        );
     }
 
     #[test]
     fn a_crash_after_a_checkpoint_leaves_file_and_chain_in_step() {
         let dir = tempfile::tempdir().unwrap();
         let keys = dir.path().join("keys");
-        let authority = Arc::new(TokenAuthority::load_or_create(&keys).unwrap());
+        let authority = Arc::new(CheckpointSigner::load_or_create(&keys).unwrap());
         let root = dir.path().join("files");
         let mut sink = FileSink::new(root.clone(), Some(authority.clone()), Duration::ZERO);
         sink.recover(&serde_json::Value::Null).unwrap();
@@ -655,9 +668,14 @@ mod tests {
         sink.recover(&state).unwrap();
         write(&mut sink, b"{\"b\":2}\n");
         sink.commit(&Checkpoint::default()).unwrap();
-        let pem = std::fs::read(keys.join("signing.pub.pem")).unwrap();
+        let pem = std::fs::read(keys.join("checkpoint.pub.pem")).unwrap();
         let verifier = CheckpointVerifier::from_pem(&pem).unwrap();
-        let report = verify_file(&root.join("t/ak/ak.jsonl"), &verifier).unwrap();
+        let report = verify_file(
+            &root.join("t/ak/ak.jsonl"),
+            &verifier,
+            &FileCheck::default(),
+        )
+        .unwrap();
         assert_eq!(report.finding, None);
         assert_eq!((report.blocks, report.checkpoints), (2, 2));
         assert_eq!(

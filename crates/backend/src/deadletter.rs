@@ -184,12 +184,12 @@ pub fn replay(args: &ServeArgs, destination: &str, only: &[u64]) -> Result<()> {
                 )
             })?,
     };
-    let tokens = Arc::new(crate::auth::TokenAuthority::load_or_create(
+    let signer = Arc::new(crate::signing::CheckpointSigner::load_or_create(
         &data.join("keys"),
     )?);
     let keys = Arc::new(crate::keys::KeyRing::new(crate::keys::keys_dir(data)));
     let metrics = crate::metrics::Metrics::new()?;
-    let mut opened = plan.open(args, &tokens, &keys, &metrics, partition)?;
+    let mut opened = plan.open(args, &signer, &keys, &metrics, partition)?;
     eprintln!(
         "replaying {} dead letter(s) of `{destination}`...",
         chosen.len()

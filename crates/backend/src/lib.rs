@@ -23,13 +23,16 @@ pub mod kafka;
 pub mod keys;
 pub mod limits;
 pub mod live;
+pub mod manifest;
 pub mod metrics;
 pub mod pki;
 pub mod router;
 pub mod send;
 pub mod serve;
+pub mod signing;
 pub mod sinks;
 pub mod tenants;
+pub mod verify;
 
 /// Makes ring rustls's crypto provider for the whole process. rustls is built with
 /// both ring (ours) and aws-lc-rs (the S3 sink's HTTP client), and then has no default:

@@ -14,6 +14,9 @@ use logferry_backend::keys::{KeyRing, keys_dir};
 use logferry_backend::live::Live;
 use logferry_backend::send::{self, SendArgs};
 use logferry_backend::serve::{self, ServeArgs};
+use logferry_backend::signing::{
+    CHECKPOINT_KEY, CheckpointVerifier, KeyRole, TOKEN_KEY, public_path,
+};
 use logferry_backend::tenants::Registry;
 use logferry_backend::tenants::TenantStore;
 use tracing_subscriber::EnvFilter;
@@ -81,17 +84,32 @@ enum Command {
     /// Kafka administration.
     #[command(subcommand)]
     Kafka(KafkaCommand),
-    /// Check files the file sink wrote against their hash chains and signed
-    /// checkpoints. Exits 1 on any finding.
+    /// Check files the file sink wrote against their hash chains, signed checkpoints
+    /// and signed manifests. Exits 1 on any finding.
     Verify {
-        /// The backend's data directory, for its public key.
+        /// The backend's data directory. Without `--public-key`, verify trusts the
+        /// public keys it finds in `<data-dir>/keys` (and says so): whoever can write
+        /// that directory can replace them and re-sign, so pin a copy kept elsewhere.
         #[arg(long, env = "LOGFERRY_DATA_DIR", default_value = "./logferry-data")]
         data_dir: PathBuf,
-        /// The backend's public key (PEM); default: `<data-dir>/keys/signing.pub.pem`.
+        /// Pins the checkpoint key (PEM, from `logferry keys export-verify`): only it
+        /// verifies checkpoints and manifests. Default: `<data-dir>/keys/checkpoint.pub.pem`.
         #[arg(long)]
         public_key: Option<PathBuf>,
-        /// Files or directories (searched for `*.jsonl` and `*.msgpack`); default:
-        /// `<data-dir>/files` and `<data-dir>/destinations`.
+        /// With `--public-key`: also trusts this token-signing key (PEM, from `logferry
+        /// keys export-verify --legacy`) for checkpoints an earlier release signed with
+        /// it. Default with `--data-dir` alone: `<data-dir>/keys/signing.pub.pem`.
+        #[arg(long, requires = "public_key")]
+        legacy_public_key: Option<PathBuf>,
+        /// A chain whose last signed checkpoint is older than this while links follow
+        /// it, or with links and no checkpoint at all, is a finding. The default is 30
+        /// times the default `--chain-checkpoint-interval` (10s), so a running backend
+        /// never trips it; a backend that signs less often needs at least twice its
+        /// interval. `0s`: any unsigned tail is a finding.
+        #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+        max_unsigned_age: Duration,
+        /// Files or directories (searched for `*.jsonl`, `*.msgpack` and manifests);
+        /// default: `<data-dir>/files` and `<data-dir>/destinations`.
         paths: Vec<PathBuf>,
     },
     /// Print the configuration reference (docs/configuration.md) as Markdown.
@@ -247,12 +265,17 @@ enum KeysCommand {
         #[arg(long)]
         key_id: Option<u32>,
     },
-    /// Print the public key that checks the file sink's signed checkpoints (PEM), for
-    /// auditors to run `logferry verify --public-key FILE PATHS...` without the backend.
+    /// Print the checkpoint key's public half (PEM), which checks the file sink's
+    /// signed checkpoints and manifests, for auditors to run `logferry verify
+    /// --public-key FILE PATHS...` without the backend.
     ExportVerify {
         /// The backend's data directory.
         #[arg(long, env = "LOGFERRY_DATA_DIR", default_value = "./logferry-data")]
         data_dir: PathBuf,
+        /// Export the token-signing key instead, which checks the checkpoints that
+        /// releases before the checkpoint key signed (`verify --legacy-public-key`).
+        #[arg(long)]
+        legacy: bool,
         /// Write the key to this file instead of stdout.
         #[arg(long)]
         output: Option<PathBuf>,
@@ -353,25 +376,34 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Command::Keys(KeysCommand::ExportVerify { data_dir, output }) => {
-            let key = data_dir.join("keys").join("signing.pub.pem");
+        Command::Keys(KeysCommand::ExportVerify {
+            data_dir,
+            legacy,
+            output,
+        }) => {
+            let stem = if legacy { TOKEN_KEY } else { CHECKPOINT_KEY };
+            let key = public_path(&data_dir.join("keys"), stem);
             let pem = std::fs::read(&key).with_context(|| {
                 format!(
-                    "reading the backend's public key `{}` (it is created at the first \
-                     `logferry serve`)",
+                    "reading the public key `{}` (it is created at the first `logferry serve`)",
                     key.display()
                 )
             })?;
             // Only a key `verify` can use is exported.
-            logferry_backend::chain::CheckpointVerifier::from_pem(&pem)
+            CheckpointVerifier::from_pem(&pem)
                 .with_context(|| format!("`{}` is not a usable public key", key.display()))?;
+            let flag = if legacy {
+                "--legacy-public-key"
+            } else {
+                "--public-key"
+            };
             match output {
                 Some(path) => {
                     std::fs::write(&path, &pem)
                         .with_context(|| format!("writing `{}`", path.display()))?;
                     eprintln!(
                         "wrote the verification key to {}; check files with `logferry verify \
-                         --public-key {} PATHS...`",
+                         {flag} {} PATHS...`",
                         path.display(),
                         path.display()
                     );
@@ -419,12 +451,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Verify {
             data_dir,
             public_key,
+            legacy_public_key,
+            max_unsigned_age,
             paths,
         } => {
-            let key = public_key.unwrap_or_else(|| data_dir.join("keys").join("signing.pub.pem"));
-            let pem = std::fs::read(&key)
-                .with_context(|| format!("reading the backend's public key `{}`", key.display()))?;
-            let verifier = logferry_backend::chain::CheckpointVerifier::from_pem(&pem)?;
+            let verifier = trusted_keys(&data_dir, public_key, legacy_public_key)?;
+            let require_manifest = paths.is_empty();
             let paths = if paths.is_empty() {
                 ["files", "destinations"]
                     .iter()
@@ -434,13 +466,86 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 paths
             };
-            if logferry_backend::chain::verify_paths(&paths, &verifier)? {
+            let options = logferry_backend::verify::Options {
+                max_unsigned_age: Some(max_unsigned_age),
+                require_manifest,
+            };
+            if logferry_backend::verify::verify_paths(
+                &paths,
+                &verifier,
+                &options,
+                &mut std::io::stdout(),
+            )? {
                 Ok(())
             } else {
-                bail!("some files do not match their hash chains (see above)")
+                bail!("some files do not match their hash chains or manifests (see above)")
             }
         }
     }
+}
+
+/// The keys `verify` trusts: pinned ones, or those found in the data directory,
+/// each announced on stderr.
+fn trusted_keys(
+    data_dir: &Path,
+    public_key: Option<PathBuf>,
+    legacy_public_key: Option<PathBuf>,
+) -> Result<CheckpointVerifier> {
+    let mut verifier = CheckpointVerifier::default();
+    let mut trust = |path: &Path, role: KeyRole, pinned: bool| -> Result<()> {
+        let pem = std::fs::read(path)
+            .with_context(|| format!("reading the public key `{}`", path.display()))?;
+        verifier
+            .trust(&pem, role, &path.display().to_string())
+            .with_context(|| format!("`{}` is not a usable public key", path.display()))?;
+        let key = verifier.keys().last().expect("just trusted");
+        let what = match role {
+            KeyRole::Checkpoint => "checkpoints and manifests",
+            KeyRole::Legacy => "checkpoints of a release before the checkpoint key",
+        };
+        if pinned {
+            eprintln!(
+                "verify: trusting {} pinned by {} for {what}",
+                key.describe(),
+                path.display()
+            );
+        } else {
+            eprintln!(
+                "verify: trusting {} found in the data directory ({}) for {what}; whoever can \
+                 write that directory can replace it and re-sign: pin a copy kept elsewhere \
+                 with --public-key",
+                key.describe(),
+                path.display()
+            );
+        }
+        Ok(())
+    };
+    let keys = data_dir.join("keys");
+    match public_key {
+        Some(pinned) => {
+            trust(&pinned, KeyRole::Checkpoint, true)?;
+            if let Some(legacy) = legacy_public_key {
+                trust(&legacy, KeyRole::Legacy, true)?;
+            }
+        }
+        None => {
+            let checkpoint = public_path(&keys, CHECKPOINT_KEY);
+            let legacy = public_path(&keys, TOKEN_KEY);
+            if !checkpoint.exists() && !legacy.exists() {
+                bail!(
+                    "no public key in `{}`: pass --data-dir of the backend, or --public-key",
+                    keys.display()
+                );
+            }
+            if checkpoint.exists() {
+                trust(&checkpoint, KeyRole::Checkpoint, false)?;
+            }
+            if legacy.exists() {
+                trust(&legacy, KeyRole::Legacy, false)?;
+            }
+        }
+    }
+    Ok(verifier)
 }
 
 /// docs/configuration.md: every plugin property and every flag, from the doc comments

@@ -1,8 +1,9 @@
 //! `logferry serve`: ingest, buffer and router in one process.
 //!
 //! On embedded defaults (no flags) it needs nothing but a data directory:
-//! - `<data-dir>/keys/`: the Ed25519 token-signing key, created once, and
-//!   `keys/tenants/<tenant>/<key_id>.key`, the tenants' payload decryption keys;
+//! - `<data-dir>/keys/`: the Ed25519 token-signing key (`signing.pem`) and the
+//!   checkpoint-signing key of the file sink (`checkpoint.pem`), each created once,
+//!   and `keys/tenants/<tenant>/<key_id>.key`, the tenants' payload decryption keys;
 //! - `<data-dir>/revoked-tokens`: the token revocation list (`logferry token revoke`);
 //! - `<data-dir>/tls/`: a development CA and server certificate, created once;
 //! - `<data-dir>/tenants.yaml`: a development tenant `dev` with one access key and
@@ -34,6 +35,7 @@ use crate::live::{Live, Reloader, destinations_of};
 use crate::metrics::{self, Metrics};
 use crate::pki::{ServerPki, ensure_dev_pki, server_tls};
 use crate::router::{Destination, Format, Route, Router};
+use crate::signing::CheckpointSigner;
 use crate::sinks::{
     BasicAuth, ElasticsearchConfig, ElasticsearchSink, FileSink, KafkaSink, KafkaSinkConfig,
     LokiConfig, LokiSink, MessageKey, ObjectCompression, PostgresConfig, PostgresSink, Rotation,
@@ -98,8 +100,9 @@ pub struct ServeArgs {
     /// none. Port 0 picks a free port.
     #[arg(long, env = "LOGFERRY_METRICS_LISTEN", default_value = "127.0.0.1:9464", value_parser = parse_listen)]
     pub metrics_listen: MetricsListen,
-    /// How often the file sink signs a checkpoint of each file's hash chain (with the
-    /// token-signing key); `0s` signs at every commit.
+    /// How often the file sink signs a checkpoint of each file's hash chain and its
+    /// manifest of files (with the checkpoint key, `keys/checkpoint.pem`), also when
+    /// idle while a tail is unsigned; `0s` signs at every commit.
     #[arg(long, env = "LOGFERRY_CHAIN_CHECKPOINT_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub chain_checkpoint_interval: Duration,
     /// Rotation of the shared `files` destination (tenants without destinations of
@@ -401,7 +404,8 @@ pub async fn run_role(args: ServeArgs, role: Role) -> Result<()> {
     let router = match &log {
         Some(log) => {
             let keys = Arc::new(KeyRing::new(keys_dir(data)));
-            let destinations = open_destinations(&args, &registry, &tokens, &keys, &metrics)?;
+            let signer = Arc::new(CheckpointSigner::load_or_create(&data.join("keys"))?);
+            let destinations = open_destinations(&args, &registry, &signer, &keys, &metrics)?;
             tokio::spawn(watch_buffer(log.clone(), metrics.clone(), shutdown.clone()));
             Some(Router::start(
                 destinations,
@@ -768,7 +772,7 @@ impl DestinationPlan {
     pub fn open(
         &self,
         args: &ServeArgs,
-        tokens: &Arc<TokenAuthority>,
+        signer: &Arc<CheckpointSigner>,
         keys: &Arc<KeyRing>,
         metrics: &Metrics,
         partition: Option<i32>,
@@ -806,7 +810,7 @@ impl DestinationPlan {
             SinkPlan::File(root, rotation) => Box::new(
                 FileSink::with_suffix(
                     root.clone(),
-                    Some(tokens.clone()),
+                    Some(signer.clone()),
                     args.chain_checkpoint_interval,
                     format!("{part}.{extension}"),
                 )
@@ -848,13 +852,13 @@ impl DestinationPlan {
 fn open_destinations(
     args: &ServeArgs,
     registry: &Registry,
-    tokens: &Arc<TokenAuthority>,
+    signer: &Arc<CheckpointSigner>,
     keys: &Arc<KeyRing>,
     metrics: &Metrics,
 ) -> Result<Vec<Destination>> {
     plan_destinations(args, registry)?
         .iter()
-        .map(|plan| plan.open(args, tokens, keys, metrics, None))
+        .map(|plan| plan.open(args, signer, keys, metrics, None))
         .collect()
 }
 
@@ -934,7 +938,7 @@ pub async fn run_route(
     let data = args.data_dir.clone();
     std::fs::create_dir_all(&data).with_context(|| format!("creating `{}`", data.display()))?;
     let _router_lock = crate::fsutil::lock_router(&data, false)?;
-    let tokens = Arc::new(TokenAuthority::load_or_create(&data.join("keys"))?);
+    let signer = Arc::new(CheckpointSigner::load_or_create(&data.join("keys"))?);
     let (registry, _, _) = load_registry(&data, args.tenants.as_deref())?;
     let keys = Arc::new(KeyRing::new(keys_dir(&data)));
     let (shutdown_tx, shutdown) = watch::channel(false);
@@ -954,9 +958,9 @@ pub async fn run_route(
     for plan in plans {
         let name = plan.name.clone();
         let open: Arc<crate::kafka::OpenPartition> = {
-            let (args, tokens, keys, metrics) =
-                (args.clone(), tokens.clone(), keys.clone(), metrics.clone());
-            Arc::new(move |partition| plan.open(&args, &tokens, &keys, &metrics, Some(partition)))
+            let (args, signer, keys, metrics) =
+                (args.clone(), signer.clone(), keys.clone(), metrics.clone());
+            Arc::new(move |partition| plan.open(&args, &signer, &keys, &metrics, Some(partition)))
         };
         // Each consumer is a member of the destination's group; the partitions'
         // locks keep two of them (here or in another router) off one partition.

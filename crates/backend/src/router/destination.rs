@@ -446,6 +446,9 @@ impl Destination {
             Ok(checkpoint) => {
                 self.checkpoint = checkpoint;
                 self.resumed = true;
+                if let Err(e) = self.sink.checkpoint_stored() {
+                    warn!(destination = %self.name, "after storing the checkpoint: {e:#}");
+                }
                 Ok(())
             }
             Err(e) => {
@@ -583,8 +586,21 @@ impl Destination {
         if !self.resumed || !self.sink.prepare_close() {
             return Ok(());
         }
+        self.seal()
+    }
+
+    /// One empty step, in which the sink seals what it wrote ([`Sink::seal_due_in`]).
+    pub fn seal(&mut self) -> Result<()> {
+        if !self.resumed {
+            return Ok(());
+        }
         let next = self.checkpoint.next_offset;
         self.deliver(&[], next).map(|_| ())
+    }
+
+    /// See [`Sink::seal_due_in`].
+    pub fn seal_due_in(&self) -> Option<Duration> {
+        self.sink.seal_due_in()
     }
 
     /// Adopts the checkpoint a sink stored with its data when it differs from the
@@ -941,9 +957,41 @@ async fn run_steps(
             return Some(destination);
         }
         if *durable.borrow_and_update() <= destination.next_offset() {
-            tokio::select! {
-                changed = durable.changed() => if changed.is_err() { return Some(destination) },
+            let seal = destination.seal_due_in();
+            let sealing = tokio::select! {
+                changed = durable.changed() => {
+                    if changed.is_err() {
+                        return Some(destination);
+                    }
+                    false
+                }
                 _ = shutdown.wait_for(|down| *down) => return Some(destination),
+                _ = async {
+                    match seal {
+                        Some(due) => tokio::time::sleep(due).await,
+                        None => std::future::pending().await,
+                    }
+                } => true,
+            };
+            if sealing {
+                // Idle with an unsigned tail: an empty step signs it.
+                let joined = tokio::task::spawn_blocking(move || {
+                    let result = destination.seal();
+                    (destination, result)
+                })
+                .await;
+                let Ok((sealed, result)) = joined else {
+                    error!("a destination task panicked; it stops here");
+                    return None;
+                };
+                destination = sealed;
+                if let Err(e) = result {
+                    warn!(destination = %destination.name(), "sealing the sink failed, retrying: {e:#}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.wait_for(|down| *down) => return Some(destination),
+                    }
+                }
             }
             continue;
         }

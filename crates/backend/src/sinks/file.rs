@@ -5,19 +5,26 @@
 //! hash chain `<access_key>.jsonl.chain` ([`crate::chain`]). Exactly once through
 //! [`FileSet`]: the committed lengths of both go into the checkpoint and recovery
 //! truncates both to them.
+//!
+//! The set of files is signed too: `<root>/@manifest.jsonl.jws` names every file the
+//! sink wrote, with its length and chain head ([`crate::manifest`] documents the
+//! format and when it is written). The sink keeps that list across restarts from the
+//! last manifest, so a file deleted while it was stopped stays named, and reported.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use tracing::warn;
 
 use super::{Chunk, FileSet, Sink};
-use crate::auth::TokenAuthority;
-use crate::chain::{ChainLine, ChainState, CheckpointClaims, chain_path};
+use crate::chain::{ChainLine, ChainState, CheckpointClaims, chain_path, genesis};
+use crate::manifest::{self, Entry, Manifest};
 use crate::router::Checkpoint;
+use crate::signing::CheckpointSigner;
 
 /// How much of a chain file's end is read to resume it.
 const RESUME_TAIL: u64 = 64 << 10;
@@ -54,9 +61,16 @@ pub struct FileSink {
     files: FileSet,
     chains: FileSet,
     states: HashMap<PathBuf, ChainState>,
-    signer: Option<Arc<TokenAuthority>>,
+    signer: Option<Arc<CheckpointSigner>>,
     sign_every: Duration,
     last_signed: Option<Instant>,
+    /// Every file this sink wrote and did not remove, by relative path (as its chain
+    /// is named): what the next manifest says.
+    catalog: BTreeMap<PathBuf, Entry>,
+    /// The `seq` of the manifest on disk (0: none).
+    manifest_seq: u64,
+    /// Whether a manifest is to be written once the step's checkpoint is stored.
+    manifest_due: bool,
 }
 
 impl std::fmt::Debug for FileSink {
@@ -70,14 +84,14 @@ impl std::fmt::Debug for FileSink {
 impl FileSink {
     /// A sink under `root` whose chains get a checkpoint signed by `signer` at most
     /// every `sign_every` (at every commit when zero).
-    pub fn new(root: PathBuf, signer: Option<Arc<TokenAuthority>>, sign_every: Duration) -> Self {
+    pub fn new(root: PathBuf, signer: Option<Arc<CheckpointSigner>>, sign_every: Duration) -> Self {
         Self::with_suffix(root, signer, sign_every, ".jsonl")
     }
 
     /// Like [`FileSink::new`], for files named `<access_key><suffix>`.
     pub fn with_suffix(
         root: PathBuf,
-        signer: Option<Arc<TokenAuthority>>,
+        signer: Option<Arc<CheckpointSigner>>,
         sign_every: Duration,
         suffix: impl Into<String>,
     ) -> Self {
@@ -95,6 +109,9 @@ impl FileSink {
             signer,
             sign_every,
             last_signed: None,
+            catalog: BTreeMap::new(),
+            manifest_seq: 0,
+            manifest_due: false,
         }
     }
 
@@ -132,27 +149,154 @@ impl FileSink {
         };
         for entry in entries {
             let name = entry?.file_name().to_string_lossy().to_string();
-            let (name, gzipped) = match name.strip_suffix(".gz") {
-                Some(plain) => (plain.to_string(), true),
-                None => (name, false),
-            };
-            let Some(middle) = name
-                .strip_prefix(access_key)
-                .and_then(|rest| rest.strip_suffix(&self.suffix))
-            else {
-                continue;
-            };
-            let n = match middle {
-                "" => 0,
-                _ => match middle.strip_prefix('.').map(str::parse::<u64>) {
-                    Some(Ok(n)) if n > 0 => n,
-                    _ => continue,
-                },
-            };
-            found.push((n, gzipped));
+            if let Some(segment) = self.segment_of(access_key, &name) {
+                found.push(segment);
+            }
         }
         found.sort_unstable();
         Ok(found)
+    }
+
+    /// `(number, gzipped)` when `name` is a file of `access_key` this sink writes:
+    /// `<key><suffix>`, `<key>.<N><suffix>`, either with `.gz`.
+    fn segment_of(&self, access_key: &str, name: &str) -> Option<(u64, bool)> {
+        let (name, gzipped) = match name.strip_suffix(".gz") {
+            Some(plain) => (plain, true),
+            None => (name, false),
+        };
+        let middle = name
+            .strip_prefix(access_key)
+            .and_then(|rest| rest.strip_suffix(&self.suffix))?;
+        let n = match middle {
+            "" => 0,
+            _ => match middle.strip_prefix('.').map(str::parse::<u64>) {
+                Some(Ok(n)) if n > 0 => n,
+                _ => return None,
+            },
+        };
+        Some((n, gzipped))
+    }
+
+    /// Every file of this sink on disk: (relative path without `.gz`, gzipped).
+    fn files_on_disk(&self) -> Result<Vec<(PathBuf, bool)>> {
+        let root = self.files.root();
+        let mut found = Vec::new();
+        let list = |dir: &Path| -> Result<Vec<(String, PathBuf)>> {
+            match std::fs::read_dir(dir) {
+                Ok(entries) => entries
+                    .map(|e| {
+                        let e = e?;
+                        Ok((e.file_name().to_string_lossy().to_string(), e.path()))
+                    })
+                    .collect(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+                Err(e) => Err(e).with_context(|| format!("listing `{}`", dir.display())),
+            }
+        };
+        for (tenant, tenant_dir) in list(root)? {
+            if !tenant_dir.is_dir() {
+                continue;
+            }
+            for (key, key_dir) in list(&tenant_dir)? {
+                if !key_dir.is_dir() {
+                    continue;
+                }
+                for (name, _) in list(&key_dir)? {
+                    if let Some((_, gzipped)) = self.segment_of(&key, &name) {
+                        let plain = name.strip_suffix(".gz").unwrap_or(&name);
+                        found.push((Path::new(&tenant).join(&key).join(plain), gzipped));
+                    }
+                }
+            }
+        }
+        found.sort();
+        found.dedup_by(|a, b| a.0 == b.0);
+        Ok(found)
+    }
+
+    /// Rebuilds the list of files from the last manifest and what recovery left on
+    /// disk, signs the chains whose tail is unsigned at the next commit, and writes
+    /// a manifest now if the list differs from the one on disk.
+    fn recover_catalog(&mut self) -> Result<()> {
+        self.catalog.clear();
+        self.manifest_due = false;
+        let Some(signer) = self.signer.clone() else {
+            return Ok(());
+        };
+        let path = manifest::path(self.files.root(), &self.suffix);
+        let known = match manifest::read(&path, &signer.verifier()?)? {
+            manifest::Read::Valid(manifest, _) => {
+                self.manifest_seq = manifest.seq;
+                manifest.files
+            }
+            manifest::Read::Invalid(reason) => anyhow::bail!(
+                "`{}`: {reason}. Run `logferry verify` to see what else changed; moving the \
+                 file aside lets the backend start, and sign a manifest of what it finds",
+                path.display()
+            ),
+            manifest::Read::Missing => {
+                self.manifest_seq = 0;
+                Vec::new()
+            }
+        };
+        let known: BTreeMap<PathBuf, Entry> = known
+            .into_iter()
+            .map(|e| (PathBuf::from(&e.file), e))
+            .collect();
+        self.catalog = known.clone();
+        // What recovery left on disk is the checkpointed state: it wins.
+        let on_disk = self.files_on_disk()?;
+        for (relative, gzip) in &on_disk {
+            let data = self.files.root().join(relative);
+            let data_len = if *gzip {
+                0
+            } else {
+                std::fs::metadata(&data).map_or(0, |m| m.len())
+            };
+            let name = relative
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            let state = ChainState::resume(&name, &read_tail(&chain_path(&data))?, data_len);
+            self.catalog
+                .insert(relative.clone(), entry(relative, &state, *gzip));
+            let chained = state.head != genesis(&name);
+            if !gzip && chained && state.signed != Some((state.end, state.head)) {
+                // A tail a crash left unsigned: the next commit signs it.
+                self.states.insert(relative.clone(), state);
+            }
+        }
+        for entry in known.values() {
+            if !on_disk.iter().any(|(r, _)| *r == Path::new(&entry.file)) {
+                warn!(
+                    "`{}` names `{}`, which is not on disk: it was removed outside logferry; \
+                     `logferry verify` reports it",
+                    path.display(),
+                    entry.file
+                );
+            }
+        }
+        if self.catalog != known || (self.manifest_seq == 0 && !self.catalog.is_empty()) {
+            self.write_manifest()?;
+        }
+        Ok(())
+    }
+
+    /// Signs the catalog as the next manifest.
+    fn write_manifest(&mut self) -> Result<()> {
+        let Some(signer) = &self.signer else {
+            return Ok(());
+        };
+        let seq = self.manifest_seq + 1;
+        let manifest = Manifest::new(&self.suffix, seq, self.catalog.values().cloned().collect());
+        manifest::write(
+            &manifest::path(self.files.root(), &self.suffix),
+            &manifest,
+            signer,
+        )?;
+        self.manifest_seq = seq;
+        self.manifest_due = false;
+        Ok(())
     }
 
     /// The file to append `len` more bytes of this access key to: the current one,
@@ -222,6 +366,10 @@ impl FileSink {
             if let Some(dir) = path.parent() {
                 crate::fsutil::sync_dir(dir)?;
             }
+            if let Some(entry) = self.catalog.get_mut(&relative) {
+                entry.gzip = true;
+                self.manifest_due = true;
+            }
         }
         Ok(())
     }
@@ -261,6 +409,16 @@ fn read_tail(path: &Path) -> Result<String> {
 
 fn chain_relative(relative: &Path) -> PathBuf {
     chain_path(relative)
+}
+
+/// The manifest entry of a file whose chain stands at `state`.
+fn entry(relative: &Path, state: &ChainState, gzip: bool) -> Entry {
+    Entry {
+        file: relative.to_string_lossy().to_string(),
+        len: state.end,
+        head: hex::encode(state.head),
+        gzip,
+    }
 }
 
 impl Sink for FileSink {
@@ -312,7 +470,7 @@ impl Sink for FileSink {
                 }
             }
         }
-        Ok(())
+        self.recover_catalog()
     }
 
     fn write(&mut self, chunk: &Chunk<'_>) -> Result<()> {
@@ -327,17 +485,44 @@ impl Sink for FileSink {
         self.signer.is_some() && !self.states.is_empty()
     }
 
+    fn seal_due_in(&self) -> Option<Duration> {
+        let unsigned = self
+            .states
+            .values()
+            .any(|s| s.signed != Some((s.end, s.head)));
+        if self.signer.is_none() || self.sign_every.is_zero() || !unsigned {
+            return None;
+        }
+        Some(self.last_signed.map_or(Duration::ZERO, |at| {
+            self.sign_every.saturating_sub(at.elapsed())
+        }))
+    }
+
+    fn checkpoint_stored(&mut self) -> Result<()> {
+        if self.manifest_due {
+            self.write_manifest()?;
+        }
+        Ok(())
+    }
+
     fn commit(&mut self, _cursor: &Checkpoint) -> Result<serde_json::Value> {
         // Files closed in an earlier step: that step's checkpoint is stored by now.
         self.compress_closed()?;
+        // A file the manifest does not name yet is signed, and named, at once.
+        let new_file = self.states.keys().any(|r| !self.catalog.contains_key(r));
         let sign = self.signer.is_some()
-            && self
-                .last_signed
-                .is_none_or(|at| at.elapsed() >= self.sign_every);
+            && (new_file
+                || self
+                    .last_signed
+                    .is_none_or(|at| at.elapsed() >= self.sign_every));
         let mut lines: Vec<(PathBuf, ChainLine)> = Vec::new();
         for (relative, state) in &mut self.states {
             if let Some(link) = state.close_block() {
                 lines.push((relative.clone(), link));
+            }
+            if self.signer.is_some() {
+                self.catalog
+                    .insert(relative.clone(), entry(relative, state, false));
             }
             let closing = self.closing.contains(relative);
             if let Some(signer) = &self.signer
@@ -348,7 +533,7 @@ impl Sink for FileSink {
                     .file_name()
                     .map(|n| n.to_string_lossy().to_string())
                     .unwrap_or_default();
-                let jws = signer.sign_json(&CheckpointClaims::now(&name, state))?;
+                let jws = signer.sign(&CheckpointClaims::now(&name, state))?;
                 lines.push((relative.clone(), ChainLine::Checkpoint { c: jws }));
                 state.signed = Some((state.end, state.head));
             }
@@ -360,6 +545,9 @@ impl Sink for FileSink {
         }
         if sign {
             self.last_signed = Some(Instant::now());
+        }
+        if self.signer.is_some() && (sign || !self.closing.is_empty()) {
+            self.manifest_due = true;
         }
         let files = self.files.commit()?;
         let chains = self.chains.commit()?;

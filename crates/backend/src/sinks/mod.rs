@@ -152,6 +152,18 @@ pub trait Sink: Send {
     fn prepare_close(&mut self) -> bool {
         false
     }
+    /// How long until the sink wants an empty step to seal what it wrote (the file
+    /// sink signs a chain's tail within its checkpoint interval even when no more
+    /// records come); `None`: it does not.
+    fn seal_due_in(&self) -> Option<std::time::Duration> {
+        None
+    }
+    /// Called once the checkpoint of a step is stored: what the sink records about
+    /// a durable state (the file sink's manifest) is written here. An error is
+    /// logged, and the sink tries again after the next step.
+    fn checkpoint_stored(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
     /// The least time between two steps (a sink that batches by time); zero: none.
     fn step_interval(&self) -> std::time::Duration {
         std::time::Duration::ZERO
