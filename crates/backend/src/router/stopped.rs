@@ -6,9 +6,12 @@
 //! offset at the next start, the process stopped during that step: a crash the
 //! router could not catch (out of memory, an abort, a stack overflow), or a
 //! `kill -9`. The destination then steps one batch at a time through the offsets the
-//! marker covered, and a batch that was in progress, alone, at two stops in a row is
-//! dead-lettered whole, unopened, so delivery goes on. (A panic needs none of this:
-//! the router catches it and dead-letters the batch at once.)
+//! marker covered, and a batch in progress at [`STOPS`] stops in a row, alone in its
+//! step at the last of them, is dead-lettered whole, unopened, so delivery goes on.
+//! Three, not two: two quick `kill -9`s of a healthy backend (a restart loop, an
+//! impatient operator) would otherwise land on the first batch after a restart and
+//! set a good batch aside. (A panic needs none of this: the router catches it and
+//! dead-letters the batch at once.)
 //!
 //! Format (JSON, version 1; fields are never renamed or reused):
 //! `{"version": 1, "from": u64, "to": u64, "stops": u32}`: the step covers offsets
@@ -30,6 +33,9 @@ struct Marker {
     stops: u32,
 }
 
+/// How many stops in a row, with a batch in progress, set the batch aside.
+pub const STOPS: u32 = 3;
+
 /// Buffer offsets `[from, to)` a step was delivering when the process stopped,
 /// `stops` times in a row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,10 +51,10 @@ impl Suspect {
         (self.from..self.to).contains(&offset)
     }
 
-    /// Whether the one-batch step `[from, to)` is the batch that was in progress,
-    /// alone, at two stops in a row.
+    /// Whether the one-batch step `[from, to)` is the batch that was in progress at
+    /// [`STOPS`] stops in a row, alone in its step at the last.
     pub fn condemns(&self, from: u64, to: u64) -> bool {
-        self.stops >= 2 && self.from == from && self.to == to
+        self.stops >= STOPS && self.from == from && self.to == to
     }
 }
 
@@ -122,9 +128,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_batch_is_condemned_after_two_stops_alone() {
+    fn a_batch_is_condemned_after_three_stops_the_last_alone() {
         let dir = tempfile::tempdir().unwrap();
-        let marker = StepMarker::new(dir.path().join("d.step.json"));
+        let marker = StepMarker::new(dir.path().join("router").join("d.step.json"));
         assert_eq!(marker.load("d", 0), None, "no marker");
         marker.start(10, 20, 0);
         assert_eq!(marker.load("d", 12), None, "a completed step is stale");
@@ -139,13 +145,29 @@ mod tests {
         );
         assert!(first.covers(19) && !first.covers(20));
         assert!(!first.condemns(10, 11), "one stop condemns nothing");
-        // The one-batch step that follows stops again: that batch is condemned.
+        // The one-batch steps that follow stop twice more: that batch is condemned.
         marker.start(10, 11, first.stops);
         let second = marker.load("d", 10).unwrap();
         assert_eq!(second.stops, 2);
-        assert!(second.condemns(10, 11));
-        assert!(!second.condemns(11, 12));
-        std::fs::write(dir.path().join("d.step.json"), b"{not json").unwrap();
+        assert!(
+            !second.condemns(10, 11),
+            "two quick kill -9s condemn nothing"
+        );
+        marker.start(10, 11, second.stops);
+        let third = marker.load("d", 10).unwrap();
+        assert_eq!(third.stops, 3);
+        assert!(third.condemns(10, 11));
+        assert!(!third.condemns(11, 12));
+        assert!(
+            !Suspect {
+                from: 10,
+                to: 20,
+                stops: 3
+            }
+            .condemns(10, 11),
+            "not alone"
+        );
+        std::fs::write(dir.path().join("router").join("d.step.json"), b"{not json").unwrap();
         assert_eq!(
             marker.load("d", 10),
             None,
