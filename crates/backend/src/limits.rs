@@ -11,6 +11,9 @@ pub const DEFAULT_MAX_BATCH_BYTES: u64 = 64 << 20;
 /// them lost.
 pub const DEFAULT_MAX_SEQ_GAP: u64 = 10_000;
 
+/// Default of `--max-agents-per-key`: agent ids (spools) one access key may own.
+pub const DEFAULT_MAX_AGENTS_PER_KEY: usize = 100_000;
+
 /// What one batch may declare and skip (`--max-batch-bytes`, `--max-seq-gap`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchLimits {
@@ -18,6 +21,8 @@ pub struct BatchLimits {
     pub max_batch_bytes: u64,
     /// How many seqs a batch may skip past the agent's mark without declaring them.
     pub max_seq_gap: u64,
+    /// How many agent ids one access key may own.
+    pub max_agents_per_key: usize,
 }
 
 impl Default for BatchLimits {
@@ -25,6 +30,7 @@ impl Default for BatchLimits {
         Self {
             max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
             max_seq_gap: DEFAULT_MAX_SEQ_GAP,
+            max_agents_per_key: DEFAULT_MAX_AGENTS_PER_KEY,
         }
     }
 }

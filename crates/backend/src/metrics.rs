@@ -10,7 +10,7 @@
 //! | `ingest_wire_bytes_total` | counter | tenant | payload bytes as received |
 //! | `ingest_duplicate_batches_total` | counter | tenant | re-sent batches acked without storing |
 //! | `auth_failures_total` | counter | reason | refused calls: `unauthenticated`, `permission_denied` |
-//! | `ingest_refused_total` | counter | tenant, reason | batches and streams refused for what they hold: `agent_owner` (an agent id another access key owns), `seq_gap` (an undeclared jump past `--max-seq-gap`), `raw_size` (a declared size that lies or is over `--max-batch-bytes`), `malformed`, `watchers` (over `--max-watchers-per-key`) |
+//! | `ingest_refused_total` | counter | tenant, reason | batches and streams refused for what they hold: `agent_owner` (an agent id another access key owns), `seq_gap` (an undeclared jump past `--max-seq-gap`), `raw_size` (a declared size that lies or is over `--max-batch-bytes`), `malformed`, `watchers` (over `--max-watchers-per-key`), `agents` (a new agent id past `--max-agents-per-key`) |
 //! | `connections_open` | gauge | | open connections of the gRPC listener |
 //! | `connections_refused_total` | counter | reason | connections closed by the listener's limits: `limit` (`--max-connections`), `peer_limit` (`--max-connections-per-peer`), `silent` (nothing sent within `--handshake-timeout`) |
 //! | `ingest_seqs_lost_total` | counter | tenant | seqs an agent skipped (declared lost by its spool, or within `--max-seq-gap`) |

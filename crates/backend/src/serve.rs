@@ -141,6 +141,12 @@ pub struct ServeArgs {
     /// drop the agent's next chunks as already stored.
     #[arg(long, env = "LOGFERRY_MAX_SEQ_GAP", default_value_t = crate::limits::DEFAULT_MAX_SEQ_GAP)]
     pub max_seq_gap: u64,
+    /// How many agent ids (agent spools) one access key may own; a stream with a new
+    /// id past it is refused with RESOURCE_EXHAUSTED. Bounds the marks an access key's
+    /// holder can make the backend keep. Ids are never forgotten, so leave room for
+    /// the spools a fleet sharing the key creates over its life.
+    #[arg(long, env = "LOGFERRY_MAX_AGENTS_PER_KEY", default_value_t = crate::limits::DEFAULT_MAX_AGENTS_PER_KEY)]
+    pub max_agents_per_key: usize,
     /// Most connections the gRPC listener holds open; more are closed as they come
     /// (`logferry_connections_refused_total{reason="limit"}`). The process's open-file
     /// limit is raised to its hard limit at start, and this is kept under it.
@@ -216,6 +222,7 @@ impl ServeArgs {
         crate::limits::BatchLimits {
             max_batch_bytes: self.max_batch_bytes,
             max_seq_gap: self.max_seq_gap,
+            max_agents_per_key: self.max_agents_per_key,
         }
     }
 }

@@ -32,35 +32,40 @@ pub type AgentKey = (String, [u8; 16]);
 pub struct AgentMark {
     pub lock: tokio::sync::Mutex<()>,
     pub stored: AtomicU64,
-    /// The access key that first presented this agent id.
+    /// The access key that first presented this agent id (set under the agents' map
+    /// lock, see [`Marks::claim`]).
     owner: Mutex<Option<String>>,
 }
 
 impl AgentMark {
-    /// Binds the agent id to `access_key` if it has no owner yet; `Err(owner)` when
-    /// another access key owns it.
-    pub fn claim(&self, access_key: &str) -> Result<(), String> {
-        let mut owner = self.owner.lock().unwrap_or_else(|e| e.into_inner());
-        match owner.as_deref() {
-            Some(existing) if existing != access_key => Err(existing.to_string()),
-            Some(_) => Ok(()),
-            None => {
-                *owner = Some(access_key.to_string());
-                Ok(())
-            }
-        }
-    }
-
     fn owner(&self) -> Option<String> {
         self.owner.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
+}
+
+/// Why [`Marks::claim`] refused an agent id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClaimError {
+    /// Another access key first presented it.
+    #[error("it belongs to access key `{0}`")]
+    Owned(String),
+    /// The access key owns as many agent ids as it may.
+    #[error("access key `{0}` already has {1} agent ids, the most --max-agents-per-key allows")]
+    TooMany(String, usize),
+}
+
+#[derive(Debug, Default)]
+struct Agents {
+    marks: HashMap<AgentKey, Arc<AgentMark>>,
+    /// How many agent ids each access key owns.
+    owned: HashMap<String, usize>,
 }
 
 #[derive(Debug)]
 pub struct Marks {
     /// `None`: kept in memory only (the stateless ingest tier).
     path: Option<PathBuf>,
-    agents: Mutex<HashMap<AgentKey, Arc<AgentMark>>>,
+    agents: Mutex<Agents>,
 }
 
 /// `tenant/agent-hex`, the key used in files.
@@ -140,17 +145,18 @@ impl Marks {
                 .get_or_insert_with(|| meta.access_key.clone());
         })
         .context("scanning the buffer for dedup marks")?;
-        let agents = map
-            .into_iter()
-            .map(|(k, saved)| {
-                let mark = AgentMark {
-                    stored: AtomicU64::new(saved.stored),
-                    owner: Mutex::new(saved.access_key),
-                    ..Default::default()
-                };
-                (k, Arc::new(mark))
-            })
-            .collect();
+        let mut agents = Agents::default();
+        for (k, saved) in map {
+            if let Some(owner) = &saved.access_key {
+                *agents.owned.entry(owner.clone()).or_default() += 1;
+            }
+            let mark = AgentMark {
+                stored: AtomicU64::new(saved.stored),
+                owner: Mutex::new(saved.access_key),
+                ..Default::default()
+            };
+            agents.marks.insert(k, Arc::new(mark));
+        }
         Ok(Self {
             path: Some(path.to_path_buf()),
             agents: Mutex::new(agents),
@@ -161,23 +167,63 @@ impl Marks {
     pub fn in_memory() -> Self {
         Self {
             path: None,
-            agents: Mutex::new(HashMap::new()),
+            agents: Mutex::default(),
         }
     }
 
-    pub fn agent(&self, key: AgentKey) -> Arc<AgentMark> {
-        let mut agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
-        agents.entry(key).or_default().clone()
+    /// The mark of `key` for a stream of `access_key`: the agent id becomes the key's
+    /// if it has no owner yet, unless the key owns `max_per_key` ids already. Refused
+    /// when another key owns it.
+    pub fn claim(
+        &self,
+        key: AgentKey,
+        access_key: &str,
+        max_per_key: usize,
+    ) -> Result<Arc<AgentMark>, ClaimError> {
+        let mut guard = self.agents.lock().unwrap_or_else(|e| e.into_inner());
+        let agents = &mut *guard;
+        if let Some(mark) = agents.marks.get(&key) {
+            let mut owner = mark.owner.lock().unwrap_or_else(|e| e.into_inner());
+            match owner.as_deref() {
+                Some(existing) if existing != access_key => {
+                    return Err(ClaimError::Owned(existing.to_string()));
+                }
+                Some(_) => return Ok(mark.clone()),
+                None => {}
+            }
+            let owned = agents.owned.entry(access_key.to_string()).or_default();
+            if *owned >= max_per_key {
+                return Err(ClaimError::TooMany(access_key.to_string(), *owned));
+            }
+            *owned += 1;
+            *owner = Some(access_key.to_string());
+            return Ok(mark.clone());
+        }
+        let owned = agents.owned.entry(access_key.to_string()).or_default();
+        if *owned >= max_per_key {
+            return Err(ClaimError::TooMany(access_key.to_string(), *owned));
+        }
+        *owned += 1;
+        let mark = Arc::new(AgentMark {
+            owner: Mutex::new(Some(access_key.to_string())),
+            ..Default::default()
+        });
+        agents.marks.insert(key, mark.clone());
+        Ok(mark)
     }
 
     /// Every agent with a mark.
     pub fn keys(&self) -> Vec<AgentKey> {
         let agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
-        agents.keys().cloned().collect()
+        agents.marks.keys().cloned().collect()
     }
 
     pub fn len(&self) -> usize {
-        self.agents.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.agents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .marks
+            .len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -192,6 +238,7 @@ impl Marks {
         let agents: BTreeMap<String, SavedMark> = {
             let agents = self.agents.lock().unwrap_or_else(|e| e.into_inner());
             agents
+                .marks
                 .iter()
                 .map(|(k, m)| {
                     let saved = SavedMark {
@@ -224,23 +271,38 @@ mod tests {
         let agent = ("acme".to_string(), [7u8; 16]);
         std::fs::write(&path, format!(r#"{{"{}": 41}}"#, key_string(&agent))).unwrap();
         let marks = Marks::load(&path, &log).unwrap();
-        let mark = marks.agent(agent.clone());
+        let mark = marks.claim(agent.clone(), "ak_a", 2).unwrap();
         assert_eq!(mark.stored.load(Ordering::Acquire), 41, "version 1 read");
         assert_eq!(
-            mark.claim("ak_a"),
-            Ok(()),
+            marks.claim(agent.clone(), "ak_b", 2).unwrap_err(),
+            ClaimError::Owned("ak_a".into()),
             "the first key to present it owns it"
         );
-        assert_eq!(mark.claim("ak_b"), Err("ak_a".into()));
+        // A key owns at most `max_per_key` ids.
+        let other = |n: u8| ("acme".to_string(), [n; 16]);
+        marks.claim(other(1), "ak_a", 2).unwrap();
+        assert_eq!(
+            marks.claim(other(2), "ak_a", 2).unwrap_err(),
+            ClaimError::TooMany("ak_a".into(), 2)
+        );
+        assert_eq!(marks.len(), 2, "a refused id leaves no mark");
         marks.persist().unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains(r#""version": 2"#), "{text}");
 
         let again = Marks::load(&path, &log).unwrap();
-        let mark = again.agent(agent);
+        let mark = again.claim(agent.clone(), "ak_a", 2).unwrap();
         assert_eq!(mark.stored.load(Ordering::Acquire), 41);
-        assert_eq!(mark.claim("ak_b"), Err("ak_a".into()), "the owner is kept");
-        assert_eq!(mark.claim("ak_a"), Ok(()));
+        assert_eq!(
+            again.claim(agent, "ak_b", 2).unwrap_err(),
+            ClaimError::Owned("ak_a".into()),
+            "the owner is kept"
+        );
+        assert_eq!(
+            again.claim(other(3), "ak_a", 2).unwrap_err(),
+            ClaimError::TooMany("ak_a".into(), 2),
+            "and so is the count"
+        );
 
         std::fs::write(&path, r#"{"version": 3, "agents": {}}"#).unwrap();
         let err = Marks::load(&path, &log).unwrap_err();

@@ -9,5 +9,5 @@ mod service;
 
 pub use auth::{Authenticator, Session, status_for};
 pub use limit::Limiter;
-pub use marks::{AgentKey, Marks};
+pub use marks::{AgentKey, ClaimError, Marks};
 pub use service::{IngestService, Storage, Watchers};

@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use super::auth::{Authenticator, Session};
 use super::limit::Limiter;
-use super::marks::{AgentMark, Marks};
+use super::marks::{AgentMark, ClaimError, Marks};
 use crate::activity::Activity;
 use crate::auth::LEEWAY_SECS;
 use crate::limits::BatchLimits;
@@ -424,23 +424,39 @@ impl IngestService {
             ))
         })?;
         let agent = hex::encode(agent_id);
-        let mark = self.marks.agent((principal.tenant.clone(), agent_id));
         // An agent id belongs to the access key that first presented it: another key
         // of the tenant could otherwise move its mark and erase its later chunks.
-        if let Err(owner) = mark.claim(&principal.access_key) {
-            self.metrics
-                .ingest_refused
-                .with_label_values(&[principal.tenant.as_str(), "agent_owner"])
-                .inc();
-            let status = Status::permission_denied(format!(
-                "agent id {agent} belongs to access key `{owner}` of tenant `{}`; access key \
-                 `{}` may not send as it (every agent spool has its own id)",
-                principal.tenant, principal.access_key
-            ));
-            self.metrics.auth_failed(&status);
-            warn!(tenant = %principal.tenant, access_key = %principal.access_key, agent = %agent, owner = %owner, "refused: the agent id belongs to another access key");
-            return Err(status);
-        }
+        let key = (principal.tenant.clone(), agent_id);
+        let mark = match self.marks.claim(
+            key,
+            &principal.access_key,
+            self.limits.max_agents_per_key,
+        ) {
+            Ok(mark) => mark,
+            Err(ClaimError::Owned(owner)) => {
+                self.metrics
+                    .ingest_refused
+                    .with_label_values(&[principal.tenant.as_str(), "agent_owner"])
+                    .inc();
+                let status = Status::permission_denied(format!(
+                    "agent id {agent} belongs to access key `{owner}` of tenant `{}`; access \
+                     key `{}` may not send as it (every agent spool has its own id)",
+                    principal.tenant, principal.access_key
+                ));
+                self.metrics.auth_failed(&status);
+                warn!(tenant = %principal.tenant, access_key = %principal.access_key, agent = %agent, owner = %owner, "refused: the agent id belongs to another access key");
+                return Err(status);
+            }
+            Err(too_many @ ClaimError::TooMany(..)) => {
+                self.metrics
+                    .ingest_refused
+                    .with_label_values(&[principal.tenant.as_str(), "agents"])
+                    .inc();
+                return Err(Status::resource_exhausted(format!(
+                    "a new agent id {agent} is refused: {too_many}"
+                )));
+            }
+        };
         if matches!(self.storage, Storage::Kafka(_)) {
             // A stateless ingester cannot know what Kafka holds: it trusts the agent's
             // own acked cursor, and the router drops any batch stored twice.
