@@ -11,11 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fluent_bit_sys::FLB_OK;
-use logferry_e2e::backend::{Backend, read_jsonl_tree, wait_for_lines};
+use logferry_e2e::backend::{Backend, assert_landed_once};
 use logferry_e2e::host::{Host, OrphanedPool, WorkerPool, log, workers};
 use logferry_e2e::{
     WORKERS_WARNING, agent_id, expected_records, fixtures, plugin_path, plugin_threads,
-    without_origin,
 };
 
 const WORKERS: usize = 2;
@@ -93,21 +92,7 @@ fn reloads_with_an_orphaned_worker_pool_lose_and_duplicate_nothing() {
         .collect();
     assert_eq!(warnings, vec![WORKERS_WARNING.to_string(); RELOADS]);
 
-    let total: usize = want.iter().map(|(_, records)| records.len()).sum();
-    assert_eq!(
-        wait_for_lines(data.path(), total, Duration::from_secs(90)),
-        total
-    );
-    let records = read_jsonl_tree(&data.path().join("files"));
-    assert_eq!(records.len(), total, "nothing more than the input");
-    for (tag, expected) in &want {
-        let got: Vec<_> = records
-            .iter()
-            .filter(|r| r["tag"] == tag.as_str())
-            .map(without_origin)
-            .collect();
-        assert_eq!(&got, expected, "records of {tag}");
-    }
+    assert_landed_once(data.path(), &want, Duration::from_secs(90));
     backend.stop();
     drop(orphaned);
 }
