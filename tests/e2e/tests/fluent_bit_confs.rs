@@ -110,6 +110,10 @@ fn no_shipped_config_sets_workers_on_a_logferry_output() {
         2,
         "examples/compose.yaml: both Fluent Bit services run the image's config"
     );
+    assert!(
+        !compose.contains("/fluent-bit/etc"),
+        "examples/compose.yaml mounts something over the image's config; check it here"
+    );
     for path in ["deploy/docker/fluent-bit.conf", CHART_AGENT_CONFIG] {
         let text = read(&root.join(path));
         let text = if path == CHART_AGENT_CONFIG {
