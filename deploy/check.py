@@ -235,6 +235,9 @@ def check_fluent_bit_conf(report: Report, label: str, text: str) -> dict[str, An
     report.check(out.get("retry_limit", "").lower() in ("no_limits", "false"),
                  f"{label}: logferry output has Retry_Limit no_limits",
                  f"got {out.get('retry_limit')!r}")
+    report.check("workers" not in out, f"{label}: logferry output sets no Workers",
+                 "Fluent Bit 5.1.1 starts an external output's worker pool twice and "
+                 "crashes on hot reload; see the README's \"Workers and hot reload\"")
     dotted = sorted(k for k in out if k.startswith("tls."))
     report.check(not dotted, f"{label}: TLS properties use underscores (tls_*, not tls.*)",
                  f"Fluent Bit never passes {', '.join(dotted)} to an external plugin")

@@ -204,7 +204,8 @@ pub fn run(
     })
 }
 
-fn start<'h>(host: &'h Host, spool: &Path, sync: &str) -> Result<Instance<'h>> {
+/// An instance spooling to `spool` with `buffer.sync` `sync`, pointed at [`UNREACHABLE`].
+pub(crate) fn start<'h>(host: &'h Host, spool: &Path, sync: &str) -> Result<Instance<'h>> {
     let spool = spool.to_string_lossy();
     let instance = host.init(&[
         ("endpoint", UNREACHABLE),
@@ -221,7 +222,7 @@ fn start<'h>(host: &'h Host, spool: &Path, sync: &str) -> Result<Instance<'h>> {
 }
 
 /// Writes dirty pages back so one row's writeback does not land in the next.
-fn settle() {
+pub(crate) fn settle() {
     // SAFETY: `sync` takes no arguments and only schedules and waits for writeback.
     unsafe { libc::sync() };
 }

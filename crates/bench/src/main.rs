@@ -3,6 +3,8 @@
 //!
 //! Scenarios (`--only` picks some):
 //! - [`flush`]: one `FLBPluginFlushCtx` through the real plugin vs copying the chunk;
+//! - [`engine`]: flush latency (p50, p99) on Fluent Bit's engine thread with no
+//!   `Workers`, 1, 4 and 16 inputs, vs `write` + `fdatasync` of the same chunk;
 //! - [`end_to_end`] (`agent`): the agent streaming to a real `logferry serve`;
 //! - [`disk`]: fsync'd sequential writes of the same bytes, the disk limit;
 //! - [`transport`]: a TLS gRPC stream to a discarding server, the transport limit;
@@ -21,6 +23,7 @@ mod backend;
 mod buffer;
 mod disk;
 mod end_to_end;
+mod engine;
 mod fixture;
 mod flush;
 mod kafka;
@@ -49,7 +52,8 @@ struct Cli {
     /// sends, in whole copies of the 2.2 MB fixture chunk.
     #[arg(long, default_value_t = 1000)]
     total_mb: u64,
-    /// Flushes (and copies) per row of the flush scenario.
+    /// Flushes (and copies) per row of the flush scenario, and flushes per row of the
+    /// engine scenario (at least 10 rounds of one flush per input).
     #[arg(long, default_value_t = 200)]
     iterations: usize,
     /// Run only these scenarios (repeat the flag, or separate with commas).
@@ -116,6 +120,9 @@ enum Encryption {
 enum Scenario {
     /// Plugin flush cost vs memcpy.
     Flush,
+    /// Flush latency on the engine thread (no Workers, sync on), 1/4/16 inputs, vs
+    /// write + fdatasync.
+    Engine,
     /// Agent -> backend throughput and CPU.
     Agent,
     /// fsync'd sequential writes: the disk limit.
@@ -153,7 +160,7 @@ fn run(cli: Cli) -> Result<()> {
     let wanted = |scenario| cli.only.is_empty() || cli.only.contains(&scenario);
     let total_bytes = cli.total_mb * 1_000_000;
     let large = BenchChunk::load(fixture::LARGE)?;
-    let plugin = wanted(Scenario::Flush)
+    let plugin = (wanted(Scenario::Flush) || wanted(Scenario::Engine))
         .then(|| {
             beside_this_binary(
                 cli.plugin.as_deref(),
@@ -196,7 +203,7 @@ fn run(cli: Cli) -> Result<()> {
     println!();
 
     let mut flush_results = None;
-    if let Some(plugin) = &plugin {
+    if let Some(plugin) = plugin.as_ref().filter(|_| wanted(Scenario::Flush)) {
         eprintln!("logferry-bench: flush ...");
         let mut chunks = vec![large.clone()];
         for name in fixture::SMALL {
@@ -206,6 +213,15 @@ fn run(cli: Cli) -> Result<()> {
         results.print();
         println!();
         flush_results = Some(results);
+    }
+    let mut engine_results = None;
+    if let Some(plugin) = plugin.as_ref().filter(|_| wanted(Scenario::Engine)) {
+        eprintln!("logferry-bench: engine ...");
+        let chunks = [BenchChunk::load(fixture::SMALL[0])?, large.clone()];
+        let results = engine::run(plugin, work.path(), &chunks, cli.iterations)?;
+        results.print();
+        println!();
+        engine_results = Some(results);
     }
     let mut buffer_results = None;
     if wanted(Scenario::Buffer) {
@@ -352,6 +368,27 @@ fn run(cli: Cli) -> Result<()> {
                     format!("mean per chunk (p50: {}); {note}", report::ratio(p50)),
                 ]);
             }
+        }
+    }
+    if let Some(engine) = &engine_results {
+        for row in &engine.rows {
+            let (p50, round_p50) = row.ratios(50.0);
+            let (p99, round_p99) = row.ratios(99.0);
+            table.row(vec![
+                format!(
+                    "engine-thread flush / write+fdatasync, {}, {} input(s)",
+                    report::bytes(row.chunk_len as u64),
+                    row.inputs
+                ),
+                report::ratio(p50),
+                format!(
+                    "p50 (p99: {}); a round of {} flushes: p50 {}, p99 {}",
+                    report::ratio(p99),
+                    row.inputs,
+                    report::ratio(round_p50),
+                    report::ratio(round_p99)
+                ),
+            ]);
         }
     }
     if let Some(first) = drains.first() {

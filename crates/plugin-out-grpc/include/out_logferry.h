@@ -53,6 +53,10 @@ int FLBPluginFlushCtx(void *remote_ctx, const void *data, size_t len, char *tag)
 // As for `FLBPluginFlushCtx`.
 int FLBPluginFlush(const void *data, size_t len, char *tag);
 
+// Optional; runs after every instance's init, before the pipeline runs. Notes whether
+// Fluent Bit has hot reload on, for the `Workers` warning. Always 0.
+int FLBPluginOutputPreRun(int enable_hot_reload);
+
 // Optional; runs before exit. Does nothing: the work happens in `FLBPluginExitCtx`.
 void FLBPluginOutputPreExit(int shutdown_by_hot_reloading);
 

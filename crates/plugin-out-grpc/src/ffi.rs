@@ -31,7 +31,7 @@ use fluent_bit_sys::{
 
 use crate::instance::{EXIT_DEADLINE, Instance, Properties};
 use crate::logging::HostLog;
-use crate::registry;
+use crate::{registry, workers};
 
 /// `Name logferry` in an `[OUTPUT]` section.
 const NAME: &CStr = c"logferry";
@@ -59,6 +59,10 @@ const RETRY_CHUNK: OnFailure<c_int> = OnFailure {
 const EXIT_FAILED: OnFailure<c_int> = OnFailure {
     value: FLB_ERROR,
     meaning: "exit incomplete",
+};
+const PROCEED: OnFailure<c_int> = OnFailure {
+    value: 0,
+    meaning: "answering 0: Fluent Bit goes on",
 };
 const NOTHING: OnFailure<()> = OnFailure {
     value: (),
@@ -264,6 +268,16 @@ pub unsafe extern "C" fn FLBPluginFlush(
     })
 }
 
+/// Optional; runs after every instance's init, before the pipeline runs. Notes whether
+/// Fluent Bit has hot reload on, for the `Workers` warning. Always 0.
+#[unsafe(no_mangle)]
+pub extern "C" fn FLBPluginOutputPreRun(enable_hot_reload: c_int) -> c_int {
+    trampoline("FLBPluginOutputPreRun", PROCEED, &to_stderr, || {
+        workers::set_hot_reload(enable_hot_reload != 0);
+        Ok(0)
+    })
+}
+
 /// Optional; runs before exit. Does nothing: the work happens in `FLBPluginExitCtx`.
 #[unsafe(no_mangle)]
 pub extern "C" fn FLBPluginOutputPreExit(shutdown_by_hot_reloading: c_int) {
@@ -335,6 +349,7 @@ const _: () = {
     let _: fluent_bit_sys::FLBPluginInit_t = Some(FLBPluginInit);
     let _: fluent_bit_sys::FLBPluginFlushCtx_t = Some(FLBPluginFlushCtx);
     let _: fluent_bit_sys::FLBPluginFlush_t = Some(FLBPluginFlush);
+    let _: fluent_bit_sys::FLBPluginOutputPreRun_t = Some(FLBPluginOutputPreRun);
     let _: fluent_bit_sys::FLBPluginOutputPreExit_t = Some(FLBPluginOutputPreExit);
     let _: fluent_bit_sys::FLBPluginExitCtx_t = Some(FLBPluginExitCtx);
     let _: fluent_bit_sys::FLBPluginExit_t = Some(FLBPluginExit);

@@ -2,7 +2,9 @@
 //!
 //! Everything here is safe code; [`crate::ffi`] reads the properties from Fluent Bit,
 //! owns the pointer Fluent Bit holds, and calls these methods. The instance is `Sync`:
-//! with `Workers N`, Fluent Bit calls [`Instance::flush`] from N threads at once.
+//! with `Workers N`, Fluent Bit calls [`Instance::flush`] from N threads at once, and
+//! the instance warns once that `Workers` crashes Fluent Bit on hot reload
+//! ([`crate::workers`]).
 
 use std::collections::HashMap;
 use std::ffi::c_int;
@@ -15,6 +17,7 @@ use logferry_agent::{ALIASES, Agent, AgentConfig, AgentHooks, FlushOutcome, PROP
 use tracing::{Dispatch, debug, error, info, trace, warn};
 
 use crate::logging::{self, HostLog, Logger};
+use crate::workers::WorkerCheck;
 
 /// How long `FLBPluginExitCtx` lets the agent send what is spooled before it stops.
 pub(crate) const EXIT_DEADLINE: Duration = Duration::from_secs(5);
@@ -58,6 +61,8 @@ pub(crate) struct Instance {
     agent: RwLock<Option<Agent>>,
     /// Whether the last flush found the spool full (to warn once per episode).
     full: AtomicBool,
+    /// Warns once when flushes arrive on a worker thread (`Workers` set).
+    workers: WorkerCheck,
     #[cfg(debug_assertions)]
     test_panic: Option<String>,
 }
@@ -98,6 +103,7 @@ impl Instance {
                 dispatch: dispatch.clone(),
                 agent: RwLock::new(Some(agent)),
                 full: AtomicBool::new(false),
+                workers: WorkerCheck::on_init_thread(),
                 #[cfg(debug_assertions)]
                 test_panic,
             })
@@ -111,6 +117,9 @@ impl Instance {
             #[cfg(debug_assertions)]
             if self.test_panic.as_deref() == Some("flush") {
                 panic!("test hook: panic in flush (property `{TEST_PANIC}`)");
+            }
+            if let Some(warning) = self.workers.on_flush() {
+                warn!("{warning}");
             }
             if chunk.is_empty() {
                 debug!(tag, "empty chunk: nothing to store");

@@ -15,6 +15,9 @@
 //!   the instance name on every line.
 //! - `registry`: the live instances, the only global; it serves only the context-free
 //!   fallbacks `FLBPluginFlush`/`FLBPluginExit`.
+//! - `workers`: the warning that `Workers` crashes Fluent Bit on hot reload, given at
+//!   the first flush on a worker thread, and what `FLBPluginOutputPreRun` said about
+//!   hot reload (a process-wide fact of the host).
 //!
 //! Properties are those of [`logferry_agent::PROPERTIES`] (`endpoint`, `access_key`,
 //! `buffer.path`, ...).
@@ -23,3 +26,4 @@ pub mod ffi;
 mod instance;
 mod logging;
 mod registry;
+mod workers;

@@ -504,6 +504,31 @@ pub fn wait_for_lines(data_dir: &Path, n: usize, timeout: Duration) -> usize {
     }
 }
 
+/// Waits until the file sink under `data_dir/files` holds every record of `want`
+/// (tag, records in order), then asserts it holds exactly those: each tag's records
+/// once, in order, and no other line.
+pub fn assert_landed_once(
+    data_dir: &Path,
+    want: &[(String, Vec<serde_json::Value>)],
+    timeout: Duration,
+) {
+    let total: usize = want.iter().map(|(_, records)| records.len()).sum();
+    assert_eq!(
+        wait_for_lines(data_dir, total, timeout),
+        total,
+        "lines in the file sink"
+    );
+    let records = read_jsonl_tree(&data_dir.join("files"));
+    for (tag, expected) in want {
+        let got: Vec<_> = records
+            .iter()
+            .filter(|r| r["tag"] == tag.as_str())
+            .map(crate::without_origin)
+            .collect();
+        assert_eq!(&got, expected, "records of {tag}");
+    }
+}
+
 /// Runs `logferry send - EXTRA...` with `backend`'s credentials, feeding it `lines`,
 /// and asserts it exits 0 (every line acked).
 pub fn send_lines(backend: &Backend, extra: &[&str], lines: impl IntoIterator<Item = String>) {

@@ -138,6 +138,41 @@ pub fn plugin_path() -> PathBuf {
     built_artifact("libout_logferry.so", "LOGFERRY_PLUGIN")
 }
 
+/// The names of this process's threads that the plugin's agent started
+/// (`logferry-agent`, ...). A test that counts them runs in a process of its own, so no
+/// other test's instance adds to them.
+pub fn plugin_threads() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .expect("/proc/self/task")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .filter(|name| name.starts_with("logferry"))
+        .collect()
+}
+
+/// The warning an instance logs, once, at its first flush on a worker thread, when
+/// `FLBPluginOutputPreRun` said hot reload is on: `Workers` crashes Fluent Bit 5.1.1 on
+/// hot reload. Spelt out here, apart from the plugin's code, so a test pins the text.
+pub const WORKERS_WARNING: &str = "flushes arrive on a Fluent Bit worker thread, so this \
+    output has `Workers` set. Fluent Bit (5.1.1 and other releases with this defect) \
+    starts a second worker pool for an external output and orphans the first, whose \
+    threads use freed memory after a hot reload: Fluent Bit crashes on hot reload \
+    (SIGHUP, /api/v2/reload, a config change on Kubernetes). Hot reload is on in this \
+    Fluent Bit. Remove `Workers` from this logferry output, or never hot-reload.";
+
+/// The agent id the instance's spool reported when it opened (its `opened for agent
+/// <id>:` init line).
+pub fn agent_id(instance: &host::Instance<'_>) -> String {
+    instance
+        .init_log()
+        .iter()
+        .find_map(|line| {
+            let rest = line.text().split_once(" opened for agent ")?.1;
+            Some(rest.split(':').next()?.to_string())
+        })
+        .unwrap_or_else(|| panic!("no `opened for agent` line in {:#?}", instance.init_log()))
+}
+
 /// `file` next to the running executable or in one of its parents (the target profile
 /// directory), unless the variable `env` names it.
 pub(crate) fn built_artifact(file: &str, env: &str) -> PathBuf {

@@ -6,6 +6,8 @@
 //! own property parser, `AgentConfig::from_properties`, as `FLBPluginInit` would run it.
 //! The files are also checked against each other (the `.conf` and `.yaml` of one host
 //! kind) and against the Helm chart (the Kubernetes spool is the DaemonSet's hostPath).
+//! No shipped config, these nor the image's and the chart's, sets `workers` on a
+//! logferry output: Fluent Bit 5.1.1 crashes on a hot reload with it.
 //!
 //! A failure lists every problem found, each naming the file and the property.
 
@@ -34,9 +36,13 @@ const FLUENT_BIT_OUTPUT_PROPERTIES: &[&str] = &[
     "alias",
     "log_level",
     "retry_limit",
-    "workers",
     "storage.total_limit_size",
 ];
+
+/// Why no shipped logferry output may set `workers`.
+const WORKERS_CRASH_HOT_RELOAD: &str = "remove it: Fluent Bit 5.1.1 starts an external output's worker pool twice and orphans \
+     the first, whose threads crash Fluent Bit on a hot reload (README: \"Workers and hot \
+     reload\")";
 
 const ENDPOINT: &str = "https://127.0.0.1:7777";
 const ACCESS_KEY: &str = "ak_test_fluent_bit_confs";
@@ -80,6 +86,102 @@ fn every_logferry_output_passes_the_plugins_property_parser() {
         }
     }
     assert_no_problems(&problems);
+}
+
+/// Every config logferry ships: `fluent-bit-conf/`, the image's (which the compose
+/// file runs) and the Helm chart's agent config. None sets `workers` on a logferry
+/// output, in any spelling.
+#[test]
+fn no_shipped_config_sets_workers_on_a_logferry_output() {
+    let env = TestEnv::new();
+    let mut problems = Vec::new();
+    let mut configs = env.load_all(&mut problems);
+    let root = workspace_root();
+    // The compose file's Fluent Bit services run the image the Dockerfile builds, whose
+    // config is this file.
+    let dockerfile = read(&root.join("Dockerfile"));
+    assert!(
+        dockerfile.contains("COPY deploy/docker/fluent-bit.conf /fluent-bit/etc/logferry.conf"),
+        "the Dockerfile no longer bakes deploy/docker/fluent-bit.conf into the image"
+    );
+    let compose = read(&root.join("examples/compose.yaml"));
+    assert_eq!(
+        compose.matches("image: logferry-fluent-bit:dev").count(),
+        2,
+        "examples/compose.yaml: both Fluent Bit services run the image's config"
+    );
+    assert!(
+        !compose.contains("/fluent-bit/etc"),
+        "examples/compose.yaml mounts something over the image's config; check it here"
+    );
+    for path in ["deploy/docker/fluent-bit.conf", CHART_AGENT_CONFIG] {
+        let text = read(&root.join(path));
+        let text = if path == CHART_AGENT_CONFIG {
+            chart_fluent_bit_conf(&text)
+        } else {
+            text
+        };
+        match parse_classic_text(path, &text, &root.join(path), &mut env.vars.clone()) {
+            Ok(sections) => configs.push(ConfigFile {
+                name: path.to_string(),
+                sections,
+                plugins: None,
+            }),
+            Err(e) => problems.push(e),
+        }
+    }
+    assert_eq!(
+        configs.len(),
+        12,
+        "10 in fluent-bit-conf/, the image's and the chart's"
+    );
+    for config in &configs {
+        let outputs: Vec<&Section> = config.logferry_outputs().collect();
+        if outputs.is_empty() {
+            problems.push(format!(
+                "{}: has no output with `Name logferry`",
+                config.name
+            ));
+        }
+        for output in outputs {
+            if output.properties.iter().any(|(key, _)| key == "workers") {
+                problems.push(format!(
+                    "{}: logferry output: property `workers`: {WORKERS_CRASH_HOT_RELOAD}",
+                    config.name
+                ));
+            }
+        }
+    }
+    assert_no_problems(&problems);
+}
+
+/// The Helm chart's template of the agent's Fluent Bit config.
+const CHART_AGENT_CONFIG: &str = "deploy/helm/logferry/templates/agent-configmap.yaml";
+
+/// The `fluent-bit.conf: |` block of the chart's ConfigMap template, dedented, without
+/// its template-only lines (`{{- if ... }}`). Values stay as written (`{{ .Values... }}`):
+/// only property names are checked.
+fn chart_fluent_bit_conf(template: &str) -> String {
+    let mut lines = template.lines();
+    let header = lines
+        .by_ref()
+        .position(|line| line.trim() == "fluent-bit.conf: |");
+    assert!(
+        header.is_some(),
+        "{CHART_AGENT_CONFIG}: no `fluent-bit.conf: |` block"
+    );
+    let mut block = String::new();
+    for line in lines {
+        if line.starts_with("{{") {
+            break;
+        }
+        let line = line.trim();
+        if !line.starts_with("{{") {
+            block.push_str(line);
+            block.push('\n');
+        }
+    }
+    block
 }
 
 #[test]
@@ -267,6 +369,9 @@ fn check_logferry_output(file: &str, output: &Section) -> Vec<String> {
 fn check_property_name(key: &str) -> Result<(), String> {
     if FLUENT_BIT_OUTPUT_PROPERTIES.contains(&key) {
         return Ok(());
+    }
+    if key == "workers" {
+        return Err(WORKERS_CRASH_HOT_RELOAD.to_string());
     }
     if let Some(alias) = alias_of(key) {
         return Err(format!(
@@ -488,6 +593,17 @@ impl Section {
 fn parse_classic(path: &Path, vars: &mut HashMap<String, String>) -> Result<Vec<Section>, String> {
     let name = file_name(path);
     let text = fs::read_to_string(path).map_err(|e| format!("{name}: cannot read: {e}"))?;
+    parse_classic_text(name, &text, path, vars)
+}
+
+/// [`parse_classic`] of `text`, named `name` in errors; `@INCLUDE`s are relative to
+/// `path`.
+fn parse_classic_text(
+    name: &str,
+    text: &str,
+    path: &Path,
+    vars: &mut HashMap<String, String>,
+) -> Result<Vec<Section>, String> {
     let mut sections: Vec<Section> = Vec::new();
     for (index, raw) in text.lines().enumerate() {
         let at = |message: String| format!("{name}:{}: {message}", index + 1);

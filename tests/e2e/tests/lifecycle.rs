@@ -4,21 +4,11 @@
 
 use fluent_bit_sys::FLB_OK;
 use logferry_e2e::host::Host;
-use logferry_e2e::{fixtures, plugin_path};
-
-/// The names of this process's threads that the plugin's agent started.
-fn agent_threads() -> Vec<String> {
-    std::fs::read_dir("/proc/self/task")
-        .expect("/proc/self/task")
-        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
-        .map(|name| name.trim().to_string())
-        .filter(|name| name.starts_with("logferry"))
-        .collect()
-}
+use logferry_e2e::{fixtures, plugin_path, plugin_threads};
 
 #[test]
 fn exit_leaves_no_thread_behind() {
-    assert_eq!(agent_threads(), Vec::<String>::new());
+    assert_eq!(plugin_threads(), Vec::<String>::new());
     let dir = tempfile::tempdir().unwrap();
     let host = Host::load(&plugin_path()).unwrap();
     let instance = host
@@ -31,7 +21,7 @@ fn exit_leaves_no_thread_behind() {
         .unwrap();
     // A new thread names itself once it runs, which may be a moment after init.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while agent_threads().is_empty() {
+    while plugin_threads().is_empty() {
         assert!(
             std::time::Instant::now() < deadline,
             "the agent runs its own threads"
@@ -43,7 +33,7 @@ fn exit_leaves_no_thread_behind() {
     }
     assert_eq!(instance.exit(), FLB_OK);
     assert_eq!(
-        agent_threads(),
+        plugin_threads(),
         Vec::<String>::new(),
         "threads left after FLBPluginExitCtx"
     );

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use fluent_bit_sys::FLB_OK;
 use logferry_backend::auth::{TokenAuthority, decode_unverified};
 use logferry_backend::keys::{KeyRing, encryption_spec, keys_dir};
-use logferry_e2e::backend::{Backend, backend_bin, read_jsonl_tree, wait_for_lines};
+use logferry_e2e::backend::{
+    Backend, assert_landed_once, backend_bin, read_jsonl_tree, wait_for_lines,
+};
 use logferry_e2e::host::log::Level;
 use logferry_e2e::host::{Host, log};
 use logferry_e2e::{expected_records, fixture, plugin_path, without_origin};
@@ -171,19 +173,6 @@ fn hot_reloads_mid_stream_lose_and_duplicate_nothing() {
         assert_eq!(instance.exit(), FLB_OK);
         host.unload().unwrap();
     }
-    let total: usize = want.iter().map(|(_, records)| records.len()).sum();
-    assert_eq!(
-        wait_for_lines(data.path(), total, Duration::from_secs(60)),
-        total
-    );
-    let records = read_jsonl_tree(&data.path().join("files"));
-    for (tag, expected) in &want {
-        let got: Vec<_> = records
-            .iter()
-            .filter(|r| r["tag"] == tag.as_str())
-            .map(without_origin)
-            .collect();
-        assert_eq!(&got, expected, "records of {tag}");
-    }
+    assert_landed_once(data.path(), &want, Duration::from_secs(60));
     backend.stop();
 }

@@ -4,10 +4,11 @@
 //! Needs the plugin built: `cargo build --workspace` (same profile and target dir).
 
 use std::path::Path;
+use std::sync::Arc;
 
 use fluent_bit_sys::{FLB_ERROR, FLB_OK, FLB_RETRY};
-use logferry_e2e::host::{Definition, Host, Instance, Level, LogLine};
-use logferry_e2e::{fixture, fixtures, plugin_path};
+use logferry_e2e::host::{self, Definition, Host, Instance, Level, LogLine, WorkerPool};
+use logferry_e2e::{WORKERS_WARNING, agent_id, fixture, fixtures, plugin_path};
 
 /// Nothing listens on port 1: the agent cannot connect and only spools.
 const UNREACHABLE: &str = "http://127.0.0.1:1";
@@ -54,18 +55,6 @@ fn single_error(log: &[LogLine]) -> &LogLine {
         .expect("the line starts with [instance]");
     assert!(name.starts_with("logferry"), "instance name {name:?}");
     errors[0]
-}
-
-/// The agent id the instance's spool reported when it opened.
-fn agent_id(instance: &Instance<'_>) -> String {
-    instance
-        .init_log()
-        .iter()
-        .find_map(|line| {
-            let rest = line.text().split_once(" opened for agent ")?.1;
-            Some(rest.split(':').next()?.to_string())
-        })
-        .unwrap_or_else(|| panic!("no `opened for agent` line in {:#?}", instance.init_log()))
 }
 
 /// Exits the instance and returns its `stopped: ...` line.
@@ -203,6 +192,51 @@ fn two_instances_accept_concurrent_flushes_of_every_fixture() {
             "expected `{expected}` in `{report}`"
         );
     }
+    host.unload().unwrap();
+}
+
+/// `Workers 2` as Fluent Bit 5.1.1 runs it: init on the engine thread (this one), a
+/// first pool that never gets a flush, a second that gets them all, then
+/// `FLBPluginOutputPreRun(1)`. Flushes on the engine thread say nothing; the first on
+/// a worker says, once, on that worker, that `Workers` crashes Fluent Bit on hot reload.
+/// The only test of this process that calls `FLBPluginOutputPreRun`, whose answer the
+/// plugin keeps process-wide.
+#[test]
+fn workers_are_warned_about_once_with_the_exact_text() {
+    const WORKERS: usize = 2;
+    let dir = tempfile::tempdir().unwrap();
+    let host = load();
+    let (instance, first_pool) =
+        host::workers::start_output(&host, &properties(dir.path(), &[]), WORKERS).unwrap();
+    let chunk = fixture("tail-raw-lines");
+    assert_eq!(instance.flush("engine.thread", &chunk.chunk), FLB_OK);
+    let chunks: Vec<(String, Arc<[u8]>)> = (0..8)
+        .map(|n| (format!("worker.{n}"), Arc::from(chunk.chunk.as_slice())))
+        .collect();
+    let workers = std::thread::scope(|scope| {
+        let pool = WorkerPool::start(scope, &instance, WORKERS);
+        assert_eq!(host.pre_run(true), Some(0));
+        assert_eq!(pool.flush_all(&chunks), [FLB_OK; 8]);
+        let workers = pool.thread_ids();
+        pool.stop();
+        workers
+    });
+    let warnings: Vec<LogLine> = instance
+        .log()
+        .into_iter()
+        .filter(|line| line.text().contains("worker thread"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert_eq!(warnings[0].level, Level::Warn);
+    assert_eq!(warnings[0].text(), WORKERS_WARNING);
+    assert!(
+        workers.contains(&warnings[0].thread),
+        "logged on a worker of the second pool"
+    );
+    assert!(!first_pool.thread_ids().contains(&warnings[0].thread));
+    let report = exit(instance);
+    assert!(report.contains("acked up to seq 0 of 9"), "{report}");
+    assert_eq!(first_pool.running(), WORKERS, "never stopped");
     host.unload().unwrap();
 }
 

@@ -194,17 +194,22 @@ impl<'h> Instance<'h> {
     /// `FLBPluginOutputPreExit(0)`, then `FLBPluginExitCtx` (or `FLBPluginExit`).
     /// Returns what the exit callback returned (-1 when the plugin has none).
     pub fn exit(mut self) -> c_int {
-        self.exit_once()
+        self.exit_once(false)
     }
 
-    fn exit_once(&mut self) -> c_int {
+    /// As [`exit`](Self::exit), for a hot reload: `FLBPluginOutputPreExit(1)`.
+    pub fn exit_for_hot_reload(mut self) -> c_int {
+        self.exit_once(true)
+    }
+
+    fn exit_once(&mut self, hot_reload: bool) -> c_int {
         if std::mem::replace(&mut self.exited, true) {
             return -1;
         }
         let symbols = self.host.symbols();
         if let Some(pre_exit) = symbols.pre_exit {
-            // SAFETY: the ABI's signature; 0 = not a hot reload.
-            unsafe { pre_exit(0) };
+            // SAFETY: the ABI's signature: whether this shutdown is a hot reload.
+            unsafe { pre_exit(c_int::from(hot_reload)) };
         }
         match (symbols.exit_ctx, symbols.exit) {
             // SAFETY: the context init returned, passed to exit exactly once.
@@ -218,7 +223,7 @@ impl<'h> Instance<'h> {
 
 impl Drop for Instance<'_> {
     fn drop(&mut self) {
-        self.exit_once();
+        self.exit_once(false);
         // SAFETY: from Box::into_raw in `init`; the plugin has exited (or never
         // started) and holds no pointer into it any more.
         drop(unsafe { Box::from_raw(self.allocation) });

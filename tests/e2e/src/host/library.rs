@@ -1,13 +1,13 @@
 //! Loading the plugin: `dlopen(path, RTLD_LAZY)`, the symbols by name, register.
 
-use std::ffi::CStr;
+use std::ffi::{CStr, c_int};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
 use fluent_bit_sys::{
     FLBPluginExit_t, FLBPluginExitCtx_t, FLBPluginFlush_t, FLBPluginFlushCtx_t, FLBPluginInit_t,
-    FLBPluginOutputPreExit_t, FLBPluginPreRegister_t, FLBPluginRegister_t, FLBPluginUnregister_t,
-    flb_plugin_proxy_def,
+    FLBPluginOutputPreExit_t, FLBPluginOutputPreRun_t, FLBPluginPreRegister_t, FLBPluginRegister_t,
+    FLBPluginUnregister_t, flb_plugin_proxy_def,
 };
 use libloading::os::unix::{Library, RTLD_LAZY};
 
@@ -55,6 +55,7 @@ pub(crate) struct Symbols {
     pub(crate) init: FLBPluginInit_t,
     pub(crate) flush_ctx: FLBPluginFlushCtx_t,
     pub(crate) flush: FLBPluginFlush_t,
+    pub(crate) pre_run: FLBPluginOutputPreRun_t,
     pub(crate) pre_exit: FLBPluginOutputPreExit_t,
     pub(crate) exit_ctx: FLBPluginExitCtx_t,
     pub(crate) exit: FLBPluginExit_t,
@@ -84,6 +85,7 @@ impl Symbols {
                     .flatten()
                     .filter(|_| options.use_flush_ctx),
                 flush: lookup(library, "FLBPluginFlush").flatten(),
+                pre_run: lookup(library, "FLBPluginOutputPreRun").flatten(),
                 pre_exit: lookup(library, "FLBPluginOutputPreExit").flatten(),
                 exit_ctx: lookup(library, "FLBPluginExitCtx")
                     .flatten()
@@ -206,6 +208,15 @@ impl Host {
             .map(|(key, value)| (key.as_ref(), value.as_ref()))
             .collect();
         Instance::init(self, &properties)
+    }
+
+    /// `FLBPluginOutputPreRun(enable_hot_reload)`, which Fluent Bit calls once per
+    /// output instance after every instance's init and before the pipeline runs.
+    /// Returns its answer (Fluent Bit ignores it), or `None` when it is not exported.
+    pub fn pre_run(&self, enable_hot_reload: bool) -> Option<c_int> {
+        let pre_run = self.symbols.pre_run?;
+        // SAFETY: the ABI's signature; the library is loaded.
+        Some(unsafe { pre_run(c_int::from(enable_hot_reload)) })
     }
 
     pub(crate) fn symbols(&self) -> &Symbols {

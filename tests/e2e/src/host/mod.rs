@@ -24,12 +24,19 @@
 //!   (default: everything).
 //! - [`log`]: what the plugin prints through `log_print` (a C shim, since Rust cannot
 //!   define a variadic), kept per process and echoed to stderr.
+//! - [`workers`]: `Workers N` as Fluent Bit 5.1.1 runs it for an external output: a
+//!   first pool started after `FLBPluginInit` and never stopped, and a second that gets
+//!   the flushes and is stopped before exit. [`Host::pre_run`] then sends
+//!   `FLBPluginOutputPreRun(enable_hot_reload)`, and
+//!   [`Instance::exit_for_hot_reload`] the exit of a reload.
 
 mod api;
 pub mod instance;
 pub mod library;
 pub mod log;
+pub mod workers;
 
 pub use instance::{InitError, Instance};
 pub use library::{Definition, Host, LoadOptions};
 pub use log::{Level, LogLine};
+pub use workers::{OrphanedPool, WorkerPool};
