@@ -410,6 +410,8 @@ pub async fn run_role(args: ServeArgs, role: Role) -> Result<()> {
 
     let router = match &log {
         Some(log) => {
+            crate::router::stopped::watch_crashes(&data.join("router"))
+                .context("setting up crash detection (`router/crashed`)")?;
             let keys = Arc::new(KeyRing::new(keys_dir(data)));
             let signer = Arc::new(CheckpointSigner::load_or_create(&data.join("keys"))?);
             let destinations = open_destinations(&args, &registry, &signer, &keys, &metrics)?;

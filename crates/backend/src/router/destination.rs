@@ -165,7 +165,11 @@ impl Destination {
         let checkpoint = Checkpoint::load(&checkpoint_path)?;
         let dead = FileSet::new(data_dir.join("dead-letter").join(name), ".jsonl");
         let marker = StepMarker::new(data_dir.join("router").join(format!("{name}.step.json")));
-        let suspect = marker.load(name, checkpoint.next_offset);
+        let suspect = marker.load(
+            name,
+            checkpoint.next_offset,
+            super::stopped::last_run_crashed(),
+        );
         let mut destination = Self {
             name: name.to_string(),
             sink,
@@ -302,16 +306,17 @@ impl Destination {
             && suspect.condemns(from, last + 1)
         {
             let reason = format!(
-                "the backend stopped {} times while delivering this batch (a crash such as \
-                 running out of memory, an abort, or kill -9); it is set aside so delivery \
-                 goes on",
+                "the backend crashed {} times in a row while delivering this batch (an abort, \
+                 a failed allocation, a fault); it is set aside so delivery goes on",
                 suspect.stops
             );
             return self.set_aside(&records[0], reason);
         }
         let stops = suspect.map_or(0, |s| if s.from == from { s.stops } else { 0 });
         self.marker.start(from, last + 1, stops);
-        self.deliver(&records, last + 1)
+        let delivered = self.deliver(&records, last + 1);
+        self.marker.finish();
+        delivered
     }
 
     /// Dead-letters one stored batch whole, without opening it, and steps past it.

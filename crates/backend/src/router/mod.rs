@@ -7,7 +7,7 @@
 mod checkpoint;
 pub mod decode;
 mod destination;
-mod stopped;
+pub mod stopped;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
