@@ -584,3 +584,38 @@ pub fn acme_credentials(backend: &Backend, data: &Path) -> Credentials {
         ..backend.credentials()
     }
 }
+
+/// An ingest stream: what the agent sends, and the backend's replies.
+pub type IngestStream = (
+    tokio::sync::mpsc::Sender<logferry_proto::v1::AgentMessage>,
+    tonic::Streaming<logferry_proto::v1::ServerMessage>,
+);
+
+/// Opens an ingest stream as `agent_id` with `token` and waits for the welcome: the
+/// stream, or the status that refused it.
+pub async fn open_stream(
+    credentials: &Credentials,
+    token: &str,
+    agent_id: [u8; 16],
+) -> Result<IngestStream, tonic::Status> {
+    use logferry_proto::v1::{AgentMessage, Hello, agent_message, server_message};
+    let mut client =
+        logferry_proto::v1::ingest_client::IngestClient::new(credentials.channel().await)
+            .max_encoding_message_size(logferry_proto::MAX_MESSAGE_BYTES);
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tx.send(AgentMessage {
+        msg: Some(agent_message::Msg::Hello(Hello {
+            agent_id: agent_id.to_vec(),
+            agent_version: "e2e-test".into(),
+            acked_seq: 0,
+        })),
+    })
+    .await
+    .expect("the stream's channel is open");
+    let request = credentials.request(tokio_stream::wrappers::ReceiverStream::new(rx), Some(token));
+    let mut inbound = client.stream(request).await?.into_inner();
+    match inbound.message().await?.and_then(|m| m.msg) {
+        Some(server_message::Msg::Welcome(_)) => Ok((tx, inbound)),
+        other => panic!("expected a welcome, got {other:?}"),
+    }
+}

@@ -11,7 +11,8 @@ use logferry_agent::seal::{self, BatchContext, PublicKey};
 use logferry_backend::auth::TokenAuthority;
 use logferry_backend::send::encode_line;
 use logferry_e2e::backend::{
-    Backend, Credentials, dead_letters, read_jsonl_tree, wait_for, wait_for_lines,
+    Backend, Credentials, IngestStream, dead_letters, open_stream, read_jsonl_tree, wait_for,
+    wait_for_lines,
 };
 use logferry_proto::v1::ingest_client::IngestClient;
 use logferry_proto::v1::{
@@ -104,29 +105,11 @@ fn plain(seq: u64, lines: &[&str]) -> AgentMessage {
     batch(seq, seq, 1, Compression::None, 0, raw, len)
 }
 
-type Stream = (mpsc::Sender<AgentMessage>, Streaming<ServerMessage>);
+type Stream = IngestStream;
 
-/// Opens an ingest stream as `agent_id`: the stream after its welcome, or the status
-/// that refused it.
+/// Opens an ingest stream as `agent_id` with the credentials' token.
 async fn open(credentials: &Credentials, agent_id: [u8; 16]) -> Result<Stream, Status> {
-    let mut client =
-        IngestClient::new(credentials.channel().await).max_encoding_message_size(256 << 20);
-    let (tx, rx) = mpsc::channel(16);
-    tx.send(AgentMessage {
-        msg: Some(agent_message::Msg::Hello(Hello {
-            agent_id: agent_id.to_vec(),
-            agent_version: "hostile-test".into(),
-            acked_seq: 0,
-        })),
-    })
-    .await
-    .unwrap();
-    let request = credentials.request(ReceiverStream::new(rx), Some(&credentials.access_token));
-    let mut inbound = client.stream(request).await?.into_inner();
-    match inbound.message().await?.and_then(|m| m.msg) {
-        Some(server_message::Msg::Welcome(_)) => Ok((tx, inbound)),
-        other => panic!("expected a welcome, got {other:?}"),
-    }
+    open_stream(credentials, &credentials.access_token, agent_id).await
 }
 
 /// Sends `message`; the ack's seq, or the status that ended the stream.

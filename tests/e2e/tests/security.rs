@@ -16,7 +16,7 @@ use logferry_backend::auth::{Claims, ISSUER, TokenAuthority};
 use logferry_backend::send::encode_line;
 use logferry_backend::tenants::EncryptionSpec;
 use logferry_e2e::backend::{
-    Backend, Credentials, backend_bin, read_jsonl_tree, replace_file, wait_for_lines,
+    Backend, Credentials, backend_bin, open_stream, read_jsonl_tree, replace_file, wait_for_lines,
 };
 use logferry_proto::v1::ingest_client::IngestClient;
 use logferry_proto::v1::{
@@ -119,33 +119,6 @@ fn batch(seq: u64, key_id: u32, payload: Vec<u8>) -> AgentMessage {
             declared_lost: 0,
         })),
     }
-}
-
-/// Opens an ingest stream as `agent_id` and waits for the welcome.
-async fn open_stream(
-    credentials: &Credentials,
-    token: &str,
-    agent_id: [u8; 16],
-) -> (mpsc::Sender<AgentMessage>, Streaming<ServerMessage>) {
-    let mut client = IngestClient::new(credentials.channel().await);
-    let (tx, rx) = mpsc::channel(16);
-    tx.send(AgentMessage {
-        msg: Some(agent_message::Msg::Hello(Hello {
-            agent_id: agent_id.to_vec(),
-            agent_version: "security-test".into(),
-            acked_seq: 0,
-        })),
-    })
-    .await
-    .unwrap();
-    let mut inbound = client
-        .stream(credentials.request(ReceiverStream::new(rx), Some(token)))
-        .await
-        .unwrap()
-        .into_inner();
-    let welcome = inbound.message().await.unwrap().unwrap();
-    assert!(matches!(welcome.msg, Some(server_message::Msg::Welcome(_))));
-    (tx, inbound)
 }
 
 async fn expect_ack(inbound: &mut Streaming<ServerMessage>, seq: u64) {
@@ -427,7 +400,9 @@ async fn every_bad_credential_is_refused_with_the_right_code_and_an_actionable_m
     assert_eq!(counted("permission_denied"), f64::from(refused.1));
 
     // Tenant isolation: whatever key B's agent sends lands in B's files only.
-    let (tx, mut inbound) = open_stream(&with_key(&credentials, "ak_g"), &token_g, [4; 16]).await;
+    let (tx, mut inbound) = open_stream(&with_key(&credentials, "ak_g"), &token_g, [4; 16])
+        .await
+        .unwrap();
     tx.send(batch(1, 0, payload(1, chunk(&["globex line"]))))
         .await
         .unwrap();
@@ -468,7 +443,7 @@ async fn registry_changes_reach_open_streams_and_watches_within_seconds() {
         ),
         ("acme", 0, 1)
     );
-    let (_tx, mut inbound) = open_stream(&credentials, &token, [2; 16]).await;
+    let (_tx, mut inbound) = open_stream(&credentials, &token, [2; 16]).await.unwrap();
 
     // SIGHUP re-reads the files (and does not end the process, as it would by default).
     backend.signal(libc::SIGHUP);
@@ -721,7 +696,9 @@ async fn batches_that_do_not_open_are_dead_lettered_with_their_reason() {
         // The one batch that opens.
         batch(5, 1, sealed(5, context("dev", 5, 1))),
     ];
-    let (tx, mut inbound) = open_stream(&credentials, &credentials.access_token, agent_id).await;
+    let (tx, mut inbound) = open_stream(&credentials, &credentials.access_token, agent_id)
+        .await
+        .unwrap();
     for (seq, batch) in (1..).zip(batches) {
         tx.send(batch).await.unwrap();
         expect_ack(&mut inbound, seq).await;
