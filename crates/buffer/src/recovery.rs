@@ -166,6 +166,9 @@ pub(crate) fn recover(config: &LogConfig, io: &dyn FileIo) -> Result<(Index, Rec
     Ok((index, report))
 }
 
+/// The largest segment base offset recovery accepts.
+const MAX_BASE: u64 = 1 << 63;
+
 /// Segment files in `dir`, sorted by base offset. Other files are left alone.
 fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
     let mut segments = Vec::new();
@@ -175,6 +178,18 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         match format::parse_segment_file_name(name) {
+            // No log reaches 2^63 records; a larger base is a damaged or foreign name,
+            // and offsets counted from it would overflow.
+            Some(base) if base > MAX_BASE => {
+                return Err(Error::Corrupt {
+                    file: entry.path(),
+                    offset: 0,
+                    reason: format!(
+                        "segment base offset {base} is past the largest a log reaches \
+                         ({MAX_BASE}); move the file away"
+                    ),
+                });
+            }
             Some(base) => segments.push((base, entry.path())),
             None if name.ends_with(".log") => {
                 tracing::warn!(file = %entry.path().display(), "ignoring a .log file that is not named like a buffer segment");

@@ -10,4 +10,4 @@ mod service;
 pub use auth::{Authenticator, Session, status_for};
 pub use limit::Limiter;
 pub use marks::{AgentKey, ClaimError, Marks};
-pub use service::{IngestService, Storage, Watchers};
+pub use service::{BatchCheck, IngestService, Refusal, Storage, Watchers, check_batch};

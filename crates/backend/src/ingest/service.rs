@@ -136,7 +136,38 @@ fn undecodable(status: Status) -> Status {
 }
 
 /// Why a batch is refused: the `ingest_refused_total` reason and the message.
-type Refusal = (&'static str, String);
+pub type Refusal = (&'static str, String);
+
+/// What [`check_batch`] decided about a batch that passed its checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchCheck {
+    /// At or below the agent's stored seq: acked again, not stored.
+    Duplicate,
+    /// To be stored; it skips this many seqs (see [`logferry_agent::batch::skipped`]).
+    Store { skipped: u64 },
+}
+
+/// The checks ingest makes on one batch, in the order [`IngestService`] makes them,
+/// without the registry, the rate limit or the buffer: [`validate`], the raw size of
+/// an unsealed batch streamed through a fixed buffer, the duplicate test against the
+/// agent's stored seq `stored`, and the seq gap bound. For tests and fuzzing; the
+/// service runs the same functions.
+pub fn check_batch(
+    batch: &Batch,
+    limits: &BatchLimits,
+    agent_id: [u8; 16],
+    stored: u64,
+) -> Result<BatchCheck, Refusal> {
+    validate(batch, limits)?;
+    if batch.key_id == 0 {
+        check_raw_len(&batch.payload, batch.compression, batch.raw_bytes)?;
+    }
+    if batch.last_seq <= stored {
+        return Ok(BatchCheck::Duplicate);
+    }
+    let skipped = check_gap(batch, limits, agent_id, stored)?;
+    Ok(BatchCheck::Store { skipped })
+}
 
 /// Checks the parts of a batch the ingest path can check without opening it.
 fn validate(batch: &Batch, limits: &BatchLimits) -> Result<(), Refusal> {
@@ -191,15 +222,17 @@ fn validate(batch: &Batch, limits: &BatchLimits) -> Result<(), Refusal> {
 /// streaming through a fixed buffer (a sealed one is checked by the router, which
 /// holds the key).
 async fn check_raw_size(batch: &Batch) -> Result<(), Refusal> {
-    let declared = batch.raw_bytes;
-    let compression = Compression::try_from(batch.compression).unwrap_or(Compression::None);
-    let payload = batch.payload.clone();
-    let measured = tokio::task::spawn_blocking(move || {
-        logferry_agent::batch::raw_len(&payload, compression, declared)
-    })
-    .await
-    .map_err(|e| ("raw_size", format!("checking the batch's size failed: {e}")))?;
-    match measured {
+    let (payload, compression, declared) =
+        (batch.payload.clone(), batch.compression, batch.raw_bytes);
+    tokio::task::spawn_blocking(move || check_raw_len(&payload, compression, declared))
+        .await
+        .map_err(|e| ("raw_size", format!("checking the batch's size failed: {e}")))?
+}
+
+/// [`check_raw_size`] on this thread: blocks while it decompresses.
+fn check_raw_len(payload: &[u8], compression: i32, declared: u64) -> Result<(), Refusal> {
+    let compression = Compression::try_from(compression).unwrap_or(Compression::None);
+    match logferry_agent::batch::raw_len(payload, compression, declared) {
         Ok(n) if n == declared => Ok(()),
         Ok(n) => Err((
             "raw_size",
@@ -210,6 +243,35 @@ async fn check_raw_size(batch: &Batch) -> Result<(), Refusal> {
             format!("the batch declares {declared} raw bytes: {e}"),
         )),
     }
+}
+
+/// Seqs the batch skips: between the mark `stored` and the batch, and inside it. A
+/// jump moves the mark past seqs the agent may still send, so one larger than the
+/// bound must be declared (an agent declares what its spool lost). Returns how many
+/// it skips; the caller has checked that the batch is above the mark.
+fn check_gap(
+    batch: &Batch,
+    limits: &BatchLimits,
+    agent_id: [u8; 16],
+    stored: u64,
+) -> Result<u64, Refusal> {
+    let skipped = logferry_agent::batch::skipped(batch, stored);
+    if skipped > limits.max_seq_gap && batch.declared_lost < skipped {
+        return Err((
+            "seq_gap",
+            format!(
+                "batch [{}, {}] skips {skipped} seqs past the stored seq {stored} of \
+                 agent {}, more than --max-seq-gap {} allows undeclared, and \
+                 declares {} lost",
+                batch.first_seq,
+                batch.last_seq,
+                hex::encode(agent_id),
+                limits.max_seq_gap,
+                batch.declared_lost
+            ),
+        ));
+    }
+    Ok(skipped)
 }
 
 fn buffer_status(error: &logferry_buffer::Error) -> Status {
@@ -306,26 +368,9 @@ impl IngestService {
                 duplicate: true,
             });
         }
-        // Seqs the batch skips: between the mark and the batch, and inside it. A jump
-        // moves the mark past seqs the agent may still send, so one larger than the
-        // bound must be declared (an agent declares what its spool lost).
-        let skipped = logferry_agent::batch::skipped(&batch, stored);
+        let skipped = check_gap(&batch, &self.limits, agent_id, stored).map_err(refuse)?;
         if skipped > 0 {
             let agent = hex::encode(agent_id);
-            if skipped > self.limits.max_seq_gap && batch.declared_lost < skipped {
-                return Err(refuse((
-                    "seq_gap",
-                    format!(
-                        "batch [{}, {}] skips {skipped} seqs past the stored seq {stored} of \
-                         agent {agent}, more than --max-seq-gap {} allows undeclared, and \
-                         declares {} lost",
-                        batch.first_seq,
-                        batch.last_seq,
-                        self.limits.max_seq_gap,
-                        batch.declared_lost
-                    ),
-                )));
-            }
             warn!(
                 tenant = %principal.tenant,
                 agent = %agent,

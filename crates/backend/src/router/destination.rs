@@ -716,34 +716,7 @@ impl Destination {
             unsealed = seal::open(&key, &context, &record.payload).map_err(|e| ("seal", e))?;
             &unsealed[..]
         };
-        // Decompression stops at the declared size, itself capped: what a batch
-        // claims is checked against what it holds before anything is decoded.
-        if meta.raw_bytes > self.max_batch_bytes {
-            return Err((
-                "limit",
-                format!(
-                    "the batch declares {} raw bytes, over the {} byte limit (--max-batch-bytes)",
-                    meta.raw_bytes, self.max_batch_bytes
-                ),
-            ));
-        }
-        let declared = (meta.raw_bytes > 0).then_some(meta.raw_bytes as usize);
-        let cap = declared.unwrap_or(self.max_batch_bytes as usize);
-        let raw = batch::decompress(payload, compression, cap).map_err(|e| ("payload", e))?;
-        if let Some(declared) = declared
-            && raw.len() != declared
-        {
-            return Err((
-                "payload",
-                format!(
-                    "the batch declares {declared} raw bytes but decompresses to {}",
-                    raw.len()
-                ),
-            ));
-        }
-        let opened = batch::decode(&raw).map_err(|e| ("payload", e))?;
-        drop(raw);
-        check_chunks(meta, &opened).map_err(|e| ("range", e))?;
+        let opened = open_payload(meta, compression, payload, self.max_batch_bytes)?;
         self.metrics.opened(meta.key_id);
         Ok(opened)
     }
@@ -887,6 +860,48 @@ impl Destination {
         self.metrics.records.inc_by(records as u64);
         Ok(None)
     }
+}
+
+/// Opens an unsealed (or already unsealed) batch payload stored with `meta`:
+/// checks the declared raw size against `max_batch_bytes`, decompresses with the
+/// declared size as the cap, decodes, and checks the chunks against the header
+/// ([`check_chunks`]). The error names the step that failed (a metric label) and
+/// why. What the router does with every stored batch after unsealing it.
+pub fn open_payload(
+    meta: &logferry_buffer::RecordMeta,
+    compression: Compression,
+    payload: &[u8],
+    max_batch_bytes: u64,
+) -> Result<BatchPayload, (&'static str, String)> {
+    // Decompression stops at the declared size, itself capped: what a batch
+    // claims is checked against what it holds before anything is decoded.
+    if meta.raw_bytes > max_batch_bytes {
+        return Err((
+            "limit",
+            format!(
+                "the batch declares {} raw bytes, over the {} byte limit (--max-batch-bytes)",
+                meta.raw_bytes, max_batch_bytes
+            ),
+        ));
+    }
+    let declared = (meta.raw_bytes > 0).then_some(meta.raw_bytes as usize);
+    let cap = declared.unwrap_or(max_batch_bytes as usize);
+    let raw = batch::decompress(payload, compression, cap).map_err(|e| ("payload", e))?;
+    if let Some(declared) = declared
+        && raw.len() != declared
+    {
+        return Err((
+            "payload",
+            format!(
+                "the batch declares {declared} raw bytes but decompresses to {}",
+                raw.len()
+            ),
+        ));
+    }
+    let opened = batch::decode(&raw).map_err(|e| ("payload", e))?;
+    drop(raw);
+    check_chunks(meta, &opened).map_err(|e| ("range", e))?;
+    Ok(opened)
 }
 
 /// Checks an opened batch against its header: as many chunks as it says, each seq

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 pub use checkpoint::Checkpoint;
-pub use destination::{Destination, Format, Replay, Route, STEP_BYTES};
+pub use destination::{Destination, Format, Replay, Route, STEP_BYTES, open_payload};
 
 use crate::ingest::Marks;
 
