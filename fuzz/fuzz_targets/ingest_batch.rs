@@ -22,6 +22,7 @@ fuzz_target!(init: logferry_fuzz::seed_corpus(logferry_fuzz::ingest_seeds), |dat
     let limits = BatchLimits {
         max_batch_bytes: MAX_BATCH_BYTES,
         max_seq_gap: DEFAULT_MAX_SEQ_GAP,
+        ..BatchLimits::default()
     };
     let mut accepted = false;
     for stored in [0, batch.first_seq.saturating_sub(1), batch.last_seq] {
